@@ -1,0 +1,77 @@
+"""Shared fixtures: one real local Ray per session, a real S3 server on loopback, tiny image folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+CIFAR_TAR = SHARED / "data" / "cifar10-jpeg.tar.gz"
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray cluster, started once (ray.init costs seconds)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible HTTP endpoint on 127.0.0.1 (moto server mode); yields its URL.
+
+    The standard AWS variables point both pyarrow and s3fs at it, as on a cluster; Ray workers
+    started after this fixture inherit them.
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    env = {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield url
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
+
+
+def write_image_folder(root: Path, classes: int = 3, per_class: int = 12, size: int = 40, seed: int = 0) -> Path:
+    """An ImageFolder tree of random-texture JPEG/PNG images, `root/<class>/<i>.<ext>`."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        d = root / f"class_{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = rng.integers(0, 256, size=(1, 1, 3))
+            noise = rng.normal(0, 10 + 10 * (i % 4), size=(size, size, 3))
+            pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+            ext = "png" if i % 3 == 0 else "jpg"
+            Image.fromarray(pixels).save(d / f"{i:04d}.{ext}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return write_image_folder(tmp_path / "images")

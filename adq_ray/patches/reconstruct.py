@@ -1,0 +1,158 @@
+"""Rebuild training images from the stored patches: paste them on a grid, fill the dropped ones.
+
+Dropped patches are predicted by an MAE (spec section 5: x = x * keep + mae(x) * (1 - keep), so
+kept pixels are bit-identical to the stored ones) or, without MAE weights, filled with the mean
+colour of the image's kept pixels ("mean") or black ("zero").
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import ray
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from adq_ray import storage
+from adq_ray.models import normalize, select_device
+from adq_ray.models.backbone import IMAGENET_MEAN, IMAGENET_STD
+from adq_ray.models.mae import load_mae
+from adq_ray.patches.codec import decode_patches
+from adq_ray.patches.grid import expand_mask, keep_mask, unpatchify
+
+Fill = Literal["mean", "zero"]
+
+
+def assemble(kept_idx: torch.Tensor, patches: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Place patches (B, K, C, p, p) at kept_idx (B, K): images (B, C, grid*p, grid*p), zero where
+    dropped, and the keep mask (B, grid^2)."""
+    b, k, c, p, _ = patches.shape
+    canvas = patches.new_zeros(b, grid * grid, c, p, p)
+    canvas[torch.arange(b, device=patches.device)[:, None], kept_idx.long()] = patches
+    return unpatchify(canvas, grid), keep_mask(kept_idx, grid * grid)
+
+
+def fill_mean(images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """uint8 images (B, C, S, S) with the dropped patches set to the per-channel mean of the kept pixels."""
+    pixels = expand_mask(keep, images.shape[-1] // int(round(keep.shape[1] ** 0.5)))
+    x = images.double()
+    mean = (x * pixels).sum(dim=(2, 3), keepdim=True) / pixels.sum(dim=(2, 3), keepdim=True)
+    return torch.where(pixels, images, mean.round().to(torch.uint8).expand_as(images))
+
+
+@torch.no_grad()
+def reconstruct(mae: nn.Module, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """uint8 images (B, 3, S, S) with only the dropped patches (keep False) replaced by the MAE's
+    prediction: un-normalised, clamped to [0, 1], rounded to uint8. Runs on the MAE's device."""
+    p, grid = mae.patch_size, mae.grid
+    if images.shape[-1] != grid * p or keep.shape[1] != grid * grid:
+        raise ValueError(
+            f"the MAE takes {grid * p} px images in {p} px patches, got {images.shape[-1]} px, {keep.shape[1]} patches"
+        )
+    device = next(mae.parameters()).device
+    x = images.to(device)
+    pred = mae.predict_pixels(normalize(x), keep.to(device))
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    pixels = ((pred * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
+    return torch.where(expand_mask(keep.to(device), p), x, pixels).to(images.device)
+
+
+def restore(images: torch.Tensor, keep: torch.Tensor, mae: nn.Module | None = None, fill: Fill = "mean") -> torch.Tensor:
+    """Fill the dropped patches of assembled images: with `mae` if given, else by `fill`."""
+    if mae is not None:
+        return reconstruct(mae, images, keep)
+    if fill == "mean":
+        return fill_mean(images, keep)
+    if fill == "zero":
+        return images
+    raise ValueError(f"fill must be 'mean' or 'zero', got {fill!r}")
+
+
+def decode_rows(table: pa.Table) -> tuple[torch.Tensor, torch.Tensor]:
+    """Assembled uint8 images (B, 3, S, S), zero where dropped, and keep masks (B, L) from dataset rows."""
+    sizes = set(zip(table["patch_size"].to_pylist(), table["image_size"].to_pylist()))
+    if len(sizes) != 1:
+        raise ValueError(f"rows mix patch/image sizes {sorted(sizes)}; read them in separate batches")
+    ((p, s),) = sizes
+    kept = table["kept_idx"].combine_chunks()
+    kept_idx = torch.from_numpy(kept.flatten().to_numpy().astype(np.int64).reshape(len(table), -1))
+    patches = np.stack(
+        [decode_patches(data, codec, p) for data, codec in zip(table["patches"].to_pylist(), table["codec"].to_pylist())]
+    )
+    return assemble(kept_idx, torch.from_numpy(patches).permute(0, 1, 4, 2, 3), s // p)
+
+
+def read_table(uri: str) -> pa.Table:
+    """All rows of a compressed dataset's Parquet files (local path or s3:// URL)."""
+    fs, path = storage.resolve(uri)
+    return pads.dataset(path, filesystem=fs, format="parquet").to_table()
+
+
+class CompressedImages(Dataset):
+    """Torch dataset over a compressed dataset: (uint8 tensor (3, S, S), label) per stored image.
+
+    The rows (a few KB each) are held in memory; each item is decoded and restored on access.
+    """
+
+    def __init__(self, uri: str, mae: nn.Module | None = None, fill: Fill = "mean") -> None:
+        self.table = read_table(uri)
+        self.mae = mae
+        self.fill = fill
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        row = self.table.slice(index, 1)
+        images, keep = decode_rows(row)
+        return restore(images, keep, self.mae, self.fill)[0], row["label"][0].as_py()
+
+
+class Restorer:
+    """Ray actor for `read_reconstructed`: holds the MAE, turns dataset rows into images and labels."""
+
+    def __init__(self, mae: str | None, mae_weights: str, fill: Fill, device: str) -> None:
+        self.mae = None if mae is None else load_mae(mae, mae_weights).to(select_device(device))
+        self.fill = fill
+
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        images, keep = decode_rows(batch)
+        restored = restore(images, keep, self.mae, self.fill)
+        return {
+            "sample_id": batch["sample_id"].to_numpy(),
+            "image": restored.permute(0, 2, 3, 1).contiguous().numpy(),
+            "label": batch["label"].to_numpy(),
+        }
+
+
+def read_reconstructed(
+    uri: str,
+    mae: str | None = None,
+    mae_weights: str = "hub",
+    fill: Fill = "mean",
+    batch_size: int = 64,
+    device: str = "auto",
+    num_actors: int = 1,
+    num_cpus: float = 0.5,
+    num_gpus: float = 0.0,
+) -> ray.data.Dataset:
+    """A Ray dataset of restored images: columns `sample_id`, `image` uint8 (S, S, 3), `label` int64.
+
+    mae / mae_weights are as in `adq_ray.models.mae.load_mae` (None: no MAE, use `fill`); each of
+    the `num_actors` actors loads the MAE once.
+    """
+    fs, path = storage.resolve(uri)
+    return ray.data.read_parquet(path, filesystem=fs).map_batches(
+        Restorer,
+        fn_constructor_kwargs={"mae": mae, "mae_weights": mae_weights, "fill": fill, "device": device},
+        batch_format="pyarrow",
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+    )

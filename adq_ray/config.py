@@ -29,6 +29,7 @@ class Config:
 
     input: str
     output: str
+    cache: str = ""
     input_format: InputFormat = "auto"
     labeled: bool = True
     image_column: str = "image"
@@ -50,6 +51,7 @@ class Config:
     sampler: Sampler = "adq"
     seed: int = 0
     # Stage 4: patches.
+    patch_image_size: int = 224
     mask_ratio: float = 0.2
     patch_size: int = 16
     cam_model: str = "resnet18"
@@ -77,9 +79,10 @@ class Config:
         _check(self.max_group >= self.num_bins, f"max_group must be >= num_bins ({self.num_bins}), got {self.max_group}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.patch_size >= 1, f"patch_size must be >= 1, got {self.patch_size}")
+        _check(self.image_size >= 8, f"image_size must be >= 8, got {self.image_size}")
         _check(
-            self.image_size >= self.patch_size and self.image_size % self.patch_size == 0,
-            f"image_size ({self.image_size}) must be a positive multiple of patch_size ({self.patch_size})",
+            self.patch_image_size >= self.patch_size and self.patch_image_size % self.patch_size == 0,
+            f"patch_image_size ({self.patch_image_size}) must be a positive multiple of patch_size ({self.patch_size})",
         )
         _check(1 <= self.jpeg_quality <= 100, f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
         _check(self.max_file_bytes > 0, "max_file_bytes must be > 0")
@@ -89,8 +92,8 @@ class Config:
 
     @property
     def grid(self) -> int:
-        """Patches per side of the model-size image (14 for 224 px and 16 px patches)."""
-        return self.image_size // self.patch_size
+        """Patches per side of the patch-stage image (14 for 224 px and 16 px patches)."""
+        return self.patch_image_size // self.patch_size
 
     @property
     def kept_patches(self) -> int:
@@ -98,9 +101,9 @@ class Config:
         return max(1, math.floor(self.grid**2 * (1.0 - self.mask_ratio) + 1e-9))
 
     @property
-    def contrastive_model(self) -> str:
-        """The contrastive encoder; empty means the bin backbone with an identity projection (spec 3)."""
-        return self.contrastive or self.backbone
+    def cache_uri(self) -> str:
+        """Where stage checkpoints live: `cache`, or `<output>/_stages`."""
+        return self.cache or self.output.rstrip("/") + "/_stages"
 
     def replace(self, **changes: Any) -> "Config":
         """A validated copy with some fields changed."""

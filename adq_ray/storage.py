@@ -64,6 +64,15 @@ def open_binary(uri: str) -> io.BytesIO:
     return io.BytesIO(read_bytes(uri))
 
 
+def total_bytes(uri: str) -> int:
+    """Bytes of all files under a directory (bookkeeping files starting with '_' or '.' excluded)."""
+    fs, path = resolve(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    return sum(
+        i.size for i in infos if i.type == pafs.FileType.File and not i.base_name.startswith(("_", "."))
+    )
+
+
 def is_committed(uri: str) -> bool:
     """True once `commit` has published the stage directory at `uri`."""
     return exists(join(uri, SUCCESS))
@@ -98,7 +107,10 @@ def commit(staging: str, final: str, meta: dict[str, Any] | None = None) -> None
 
 
 def remove(uri: str) -> None:
-    """Delete a directory tree if it exists."""
+    """Delete a file or a directory tree, if it exists."""
     fs, path = resolve(uri)
-    if fs.get_file_info(path).type == pafs.FileType.Directory:
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.Directory:
         fs.delete_dir(path)
+    elif kind == pafs.FileType.File:
+        fs.delete_file(path)

@@ -57,6 +57,15 @@ def s3_server():
     server.stop()
 
 
+def make_bucket(name: str) -> str:
+    """Create a bucket on the loopback S3 server (needs `s3_server`); returns its s3:// URL."""
+    import pyarrow.fs as pafs
+
+    fs = pafs.S3FileSystem(endpoint_override=os.environ["AWS_ENDPOINT_URL"], allow_bucket_creation=True)
+    fs.create_dir(name)
+    return f"s3://{name}"
+
+
 def write_image_folder(root: Path, classes: int = 3, per_class: int = 12, size: int = 40, seed: int = 0) -> Path:
     """An ImageFolder tree of random-texture JPEG/PNG images, `root/<class>/<i>.<ext>`."""
     rng = np.random.default_rng(seed)

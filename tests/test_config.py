@@ -1,0 +1,56 @@
+import pytest
+
+from adq_ray.cli import build_config, parser
+from adq_ray.config import Config, ConfigError
+
+
+def test_defaults_follow_the_spec():
+    c = Config(input="in", output="out")
+    assert (c.num_bins, c.alpha, c.mask_ratio, c.patch_size) == (10, 0.7, 0.2, 16)
+    assert (c.grid, c.kept_patches) == (14, 156)
+    assert c.cache_uri == "out/_stages"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"rho": 0.0}, "rho must be in (0, 1]"),
+        ({"rho": 1.5}, "rho must be in (0, 1]"),
+        ({"rho": float("nan")}, "rho must be a finite number"),
+        ({"alpha": -0.1}, "alpha must be in [0, 1]"),
+        ({"mask_ratio": 1.0}, "mask_ratio must be in [0, 1)"),
+        ({"num_bins": 0}, "num_bins must be >= 1"),
+        ({"num_bins": 2.5}, "num_bins must be an integer"),
+        ({"sampler": "greedy"}, "sampler must be one of"),
+        ({"codec": "webp"}, "codec must be one of"),
+        ({"patch_image_size": 100}, "multiple of patch_size"),
+        ({"labeled": "yes"}, "labeled must be true or false"),
+        ({"max_group": 5}, "max_group must be >= num_bins"),
+        ({"input": ""}, "input must be"),
+    ],
+)
+def test_bad_values_are_rejected_by_name(change, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        Config(**{"input": "in", "output": "out", **change})
+
+
+def test_unknown_keys_are_named():
+    with pytest.raises(ConfigError, match="unknown config key.*rhoo"):
+        Config.from_dict({"input": "a", "output": "b", "rhoo": 0.1})
+
+
+def test_cli_flags_override_file(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("input: a\noutput: b\nrho: 0.3\nalpha: 0.1\n")
+    args = parser().parse_args(["compress", "--config", str(f), "--rho", "0.2", "--no-labeled", "--sampler", "dq"])
+    c = build_config(args)
+    assert (c.rho, c.alpha, c.labeled, c.sampler) == (0.2, 0.1, False, "dq")
+
+
+def test_cli_reports_bad_value_as_one_line(capsys):
+    from adq_ray.cli import main
+
+    assert main(["compress", "--input", "a", "--output", "b", "--rho", "2"]) == 2
+    assert "rho must be in (0, 1]" in capsys.readouterr().err
+    assert main(["compress", "--output", "b"]) == 2
+    assert "missing required config: --input" in capsys.readouterr().err

@@ -18,7 +18,16 @@ SUCCESS = "_SUCCESS"
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a local path, file:// or s3:// URL."""
+    """(filesystem, path inside it) for a local path, file:// or s3:// URL.
+
+    An S3 endpoint set on the driver (`AWS_ENDPOINT_URL`) is pinned into the filesystem object, so it
+    travels with it to Ray workers whose environment lacks it; credentials stay with each node's chain.
+    """
+    if uri.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
+        endpoint = os.environ["AWS_ENDPOINT_URL"]
+        scheme, _, host = endpoint.rpartition("://")
+        fs = pafs.S3FileSystem(endpoint_override=host, scheme=scheme or "https", region=os.environ.get("AWS_REGION"))
+        return fs, uri.removeprefix("s3://")
     if "://" in uri:
         return pafs.FileSystem.from_uri(uri)
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))

@@ -17,8 +17,12 @@ torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """A real local Ray cluster, started once (ray.init costs seconds)."""
+def ray_session(s3_server):
+    """A real local Ray cluster, started once (ray.init costs seconds).
+
+    Started after the S3 server so that its workers inherit the AWS_* variables, as cluster nodes
+    carry their own credentials.
+    """
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)

@@ -1,0 +1,1 @@
+"""Stage 1, embed and score: feature embedding (bins), texture level (representativeness), view vectors (diversity)."""

@@ -1,0 +1,98 @@
+"""Stage 1 as a Ray Data callable class: one model pass per image gives every score the later stages need."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+from adq_ray.config import Config
+from adq_ray.embed.texture import texture_level
+from adq_ray.embed.views import two_views
+from adq_ray.models import create_model, normalize, select_device
+from adq_ray.tables import fixed_size_list
+
+
+def autocast_dtype(config: Config, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA unless fp32 is asked for; None (plain fp32) on CPU."""
+    if config.precision == "fp32" or (config.precision == "auto" and device.type != "cuda"):
+        return None
+    return torch.bfloat16
+
+
+class Embedder:
+    """`map_batches` callable: images -> embedding, texture level, summed view vectors (and DQ gradients).
+
+    Columns in: sample_id, label, status, reason, note, image (uint8 B,S,S,3).
+    Columns out: sample_id, label, status, reason, note, texture, embedding, view_sum [, grad].
+    Rejected rows pass through with zero scores so that every input reaches the manifest.
+    """
+
+    def __init__(self, config: Config, num_classes: int) -> None:
+        self.config = config
+        self.device = select_device(config.device)
+        self.amp = autocast_dtype(config, self.device)
+        self.backbone = self._load(config.backbone, config.backbone_weights)
+        same = not config.contrastive or (config.contrastive, config.contrastive_weights) == (
+            config.backbone,
+            config.backbone_weights,
+        )
+        self.contrastive = self.backbone if same else self._load(config.contrastive, config.contrastive_weights)
+        self.head = self._gradient_head(num_classes) if config.features == "gradient" else None
+        self.widths = {"embedding": self.backbone.num_features, "view_sum": self.contrastive.num_features}
+        if self.head is not None:
+            self.widths["grad"] = self.head.out_features
+
+    def _load(self, name: str, weights: str) -> torch.nn.Module:
+        model = create_model(name, weights).to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.device.type == "cuda" else model
+
+    def _gradient_head(self, num_classes: int) -> torch.nn.Linear:
+        """DQ's randomly initialised C-way head, seeded so every actor holds the same one."""
+        generator = torch.Generator().manual_seed(self.config.seed)
+        head = torch.nn.Linear(self.backbone.num_features, max(num_classes, 1))
+        bound = 1.0 / head.in_features**0.5
+        head.weight.data.uniform_(-bound, bound, generator=generator)
+        head.bias.data.uniform_(-bound, bound, generator=generator)
+        return head.to(self.device)
+
+    def _pooled(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Pooled penultimate features (timm's pre-logits), fp32."""
+        x = normalize(images)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            out = model.forward_head(model.forward_features(x), pre_logits=True)
+        return out.float()
+
+    @torch.inference_mode()
+    def embed(self, images: torch.Tensor, sample_ids: np.ndarray) -> dict[str, torch.Tensor]:
+        """uint8 (B,3,S,S) -> {texture (B,), embedding (B,d), view_sum (B,d') [, grad (B,C)]}."""
+        images = images.to(self.device, non_blocking=True)
+        unit = images.float() / 255.0
+        out = {"texture": texture_level(unit).float(), "embedding": self._pooled(self.backbone, images)}
+        views = F.normalize(self._pooled(self.contrastive, two_views(unit, sample_ids, self.config.seed)), dim=1)
+        b = images.shape[0]
+        out["view_sum"] = views[:b] + views[b:]
+        if self.head is not None:
+            logits = self.head(out["embedding"])
+            # dLoss/dlogits of cross-entropy on the predicted class: softmax - onehot(argmax).
+            out["grad"] = logits.softmax(1) - F.one_hot(logits.argmax(1), logits.shape[1]).float()
+        return out
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        ok = np.asarray(batch["status"]) == "ok"
+        n = len(ok)
+        columns = {k: batch[k] for k in ("sample_id", "label", "status", "reason", "note")}
+        full = {"texture": np.zeros(n, np.float32)}
+        full |= {name: np.zeros((n, width), np.float32) for name, width in self.widths.items()}
+        if ok.any():
+            images = torch.from_numpy(np.ascontiguousarray(batch["image"][ok])).permute(0, 3, 1, 2)
+            for name, value in self.embed(images, batch["sample_id"][ok]).items():
+                full[name][ok] = value.cpu().numpy()
+        table = pa.table({k: pa.array(np.asarray(v)) for k, v in columns.items()})
+        table = table.append_column("texture", pa.array(full.pop("texture")))
+        for name, value in full.items():
+            table = table.append_column(name, fixed_size_list(value))
+        return table

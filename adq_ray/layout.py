@@ -1,0 +1,100 @@
+"""Where every stage's output lives, and the fingerprints that make stage outputs re-usable.
+
+Cached stages live under `config.cache_uri` in directories named `<stage>-<fingerprint>`: the hash of
+the config fields the stage and every stage before it depend on. A new rho therefore finds the
+embeddings and bins of an earlier run; a new backbone does not. The run's products (dataset,
+manifest, summary, report) live under `config.output`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from adq_ray import storage
+from adq_ray.config import Config
+from adq_ray.ingest import Inventory
+from adq_ray.tables import read_parquet, write_parquet
+
+STAGES = ("embed", "bins", "select", "patches", "write")
+# Config fields each stage's output depends on (its own; a stage also depends on every earlier stage).
+STAGE_FIELDS: dict[str, tuple[str, ...]] = {
+    "embed": (
+        "input", "input_format", "labeled", "image_column", "label_column", "image_size", "backbone",
+        "backbone_weights", "features", "contrastive", "contrastive_weights", "seed", "max_file_bytes",
+        "max_image_pixels",
+    ),
+    "bins": ("num_bins", "max_group"),
+    "select": ("rho", "alpha", "sampler"),
+    "patches": ("patch_image_size", "mask_ratio", "patch_size", "cam_model", "cam_weights", "cam_layer", "codec", "jpeg_quality"),
+    "write": (),
+}  # fmt: skip
+
+
+def fingerprint(config: Config, stage: str) -> str:
+    """Hash of the config fields that `stage` and every stage before it depend on."""
+    upto = STAGES[: STAGES.index(stage) + 1]
+    values = {name: getattr(config, name) for s in upto for name in STAGE_FIELDS[s]}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The paths of one config's stage outputs, and readers for the small ones."""
+
+    config: Config
+
+    def stage(self, name: str) -> str:
+        return storage.join(self.config.cache_uri, f"{name}-{fingerprint(self.config, name)}")
+
+    def output(self, name: str) -> str:
+        return storage.join(self.config.output, name)
+
+    @property
+    def embeddings(self) -> str:
+        return storage.join(self.stage("embed"), "embeddings")
+
+    @property
+    def inventory(self) -> str:
+        return storage.join(self.stage("embed"), "inventory.parquet")
+
+    @property
+    def classes(self) -> str:
+        return storage.join(self.stage("embed"), "classes.json")
+
+    @property
+    def bins(self) -> str:
+        return storage.join(self.stage("bins"), "bins.parquet")
+
+    @property
+    def selection(self) -> str:
+        return storage.join(self.stage("select"), "selection.parquet")
+
+    @property
+    def bin_table(self) -> str:
+        return storage.join(self.stage("select"), "bins.json")
+
+    @property
+    def dataset(self) -> str:
+        return self.output("dataset")
+
+    @property
+    def manifest(self) -> str:
+        return self.output("manifest.parquet")
+
+    def save_inventory(self, inventory: Inventory, directory: str) -> None:
+        """Store the listing in a (staging) embed directory, where `load_inventory` finds it once committed."""
+        write_parquet(inventory.table, storage.join(directory, "inventory.parquet"))
+        storage.write_json(storage.join(directory, "classes.json"), inventory.classes)
+
+    def load_inventory(self, sample_ids: np.ndarray | None = None) -> Inventory:
+        """The cached listing of the inputs, or the part of it with the given sample ids."""
+        inventory = Inventory.read(self.inventory, self.classes)
+        return inventory if sample_ids is None else inventory.subset(sample_ids)
+
+    def selected_ids(self) -> np.ndarray:
+        table = read_parquet(self.selection)
+        return table.filter(table["selected"])["sample_id"].to_numpy()

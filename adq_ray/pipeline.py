@@ -1,0 +1,199 @@
+"""The compression job, stage by stage: embed -> bins -> select -> patches -> write.
+
+Each stage is a checkpoint. Its output is committed atomically (`storage.commit`) under a directory keyed
+by a fingerprint of the config fields it and the stages before it depend on, so:
+  - an interrupted run resumes after the last committed stage;
+  - a new rho / alpha / sampler re-uses the embeddings and bins (no model runs, no re-binning);
+  - nothing half-written ever looks complete (`_SUCCESS` is written last, the output's own last of all).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import ray
+import torch
+
+from adq_ray import storage
+from adq_ray.bins.remote import run_bins
+from adq_ray.config import Config
+from adq_ray.embed.actor import Embedder
+from adq_ray.embed.store import read_embeddings
+from adq_ray.ingest import list_inputs, read_images
+from adq_ray.layout import STAGES, Layout, fingerprint
+from adq_ray.patches.dropper import PatchDropper
+from adq_ray.quotas import select
+from adq_ray.tables import read_parquet, to_matrix, write_parquet
+from adq_ray.write import summary as summarize
+from adq_ray.write.manifest import build_manifest
+
+log = logging.getLogger("adq_ray")
+
+
+@dataclass
+class Run:
+    """One invocation: which stages ran or were re-used, and how long each took."""
+
+    config: Config
+    stages: dict[str, dict[str, object]] = field(default_factory=dict)
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.config)
+
+    def stage(self, name: str, directory: str, body: Callable[[str], None]) -> None:
+        """Run `body(staging_dir)` and commit it to `directory`, unless a committed copy already exists."""
+        key = fingerprint(self.config, name)
+        if storage.is_committed(directory) and storage.read_json(storage.join(directory, storage.SUCCESS)).get("fingerprint") == key:
+            log.info("stage %s: re-using %s", name, directory)
+            self.stages[name] = {"reused": True, "seconds": 0.0, "path": directory}
+            return
+        log.info("stage %s: running -> %s", name, directory)
+        start = time.perf_counter()
+        staging = storage.staging_dir(directory)
+        try:
+            body(staging)
+        except BaseException:
+            storage.remove(staging)
+            raise
+        storage.commit(staging, directory, {"stage": name, "fingerprint": key})
+        self.stages[name] = {"reused": False, "seconds": round(time.perf_counter() - start, 3), "path": directory}
+
+
+def compress(config: Config, until: str = "write") -> dict[str, object]:
+    """Run every stage up to and including `until`; returns the summary (also written to the output)."""
+    if until not in STAGES:
+        raise ValueError(f"until must be one of {', '.join(STAGES)}, got {until!r}")
+    if not ray.is_initialized():
+        ray.init()
+    storage.remove(storage.join(config.output, storage.SUCCESS))  # the output is about to change
+    run = Run(config)
+    steps: dict[str, tuple[str, Callable[[str], None]]] = {
+        "embed": (run.layout.stage("embed"), lambda d: embed_stage(config, d)),
+        "bins": (run.layout.stage("bins"), lambda d: bins_stage(config, d)),
+        "select": (run.layout.stage("select"), lambda d: select_stage(config, d)),
+        "patches": (run.layout.dataset, lambda d: patches_stage(config, d)),
+    }
+    for name in STAGES[: STAGES.index(until) + 1]:
+        if name == "write":
+            return write_stage(run)
+        run.stage(name, *steps[name])
+    return {"stages": run.stages, "complete": False}
+
+
+def _actor_options(config: Config) -> dict[str, object]:
+    """Actor pool of one GPU per actor when the cluster has GPUs, else fractional-CPU actors.
+
+    Fractional CPUs keep a pool schedulable on a 2-core machine (RAY-NOTES: Ray issue 44687).
+    """
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if config.device != "cpu" else 0
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    size = config.num_actors or (gpus if gpus else max(1, cpus // 4))
+    resources = {"num_gpus": 1} if gpus else {"num_cpus": config.cpus_per_actor}
+    return {"compute": ray.data.ActorPoolStrategy(size=size), **resources}
+
+
+def _write_dataset(ds: ray.data.Dataset, uri: str, **kwargs: object) -> None:
+    fs, path = storage.resolve(uri)
+    ds.write_parquet(path, filesystem=fs, **kwargs)
+
+
+def embed_stage(config: Config, out: str) -> None:
+    """List and decode every input, then embed and score it in an actor pool; cache by class."""
+    inventory = list_inputs(config)
+    Layout(config).save_inventory(inventory, out)
+    ds = read_images(config, inventory).map_batches(
+        Embedder,
+        fn_constructor_kwargs={"config": config, "num_classes": len(inventory.classes)},
+        batch_size=config.batch_size,
+        **_actor_options(config),
+    )
+    _write_dataset(ds, storage.join(out, "embeddings"), partition_cols=["label"])
+
+
+def bins_stage(config: Config, out: str) -> None:
+    """GraphCut bins per class (one Ray task per group of classes)."""
+    layout = Layout(config)
+    labels = read_embeddings(layout.embeddings, columns=["label"], ok_only=True)["label"].to_numpy()
+    if labels.size == 0:
+        raise ValueError("no readable image in the input: nothing to bin (see the rejected rows of the inventory)")
+    values, sizes = np.unique(labels, return_counts=True)
+    class_sizes = {int(c): int(n) for c, n in zip(values, sizes)}
+    bins = run_bins(layout.embeddings, class_sizes, config.num_bins, config.max_group, config.features, config.seed)
+    write_parquet(bins, storage.join(out, "bins.parquet"))
+
+
+def select_stage(config: Config, out: str) -> None:
+    """Per-bin scores, quotas from one global budget, and the seeded draw (on the driver)."""
+    layout = Layout(config)
+    scores = read_embeddings(layout.embeddings, columns=["sample_id", "label", "texture", "view_sum"], ok_only=True)
+    bins = read_parquet(layout.bins).sort_by("sample_id")
+    if not np.array_equal(bins["sample_id"].to_numpy(), scores["sample_id"].to_numpy()):
+        raise ValueError("bins and embeddings disagree on the samples: delete the cache and re-run")
+    selection = select(
+        _tensor(bins["bin"]),
+        _tensor(scores["label"]),
+        _tensor(scores["texture"]),
+        _tensor(scores["view_sum"]),
+        num_bins=config.num_bins,
+        rho=config.rho,
+        alpha=config.alpha,
+        sampler=config.sampler,
+        seed=config.seed,
+    )
+    table = pa.table({"sample_id": bins["sample_id"], "selected": pa.array(selection.selected.numpy())})
+    write_parquet(table, storage.join(out, "selection.parquet"))
+    storage.write_json(storage.join(out, "bins.json"), selection.table())
+
+
+def _tensor(column: pa.ChunkedArray) -> torch.Tensor:
+    """A scalar column as a 1-d tensor, a vector column as a 2-d one."""
+    if pa.types.is_fixed_size_list(column.type) or pa.types.is_list(column.type):
+        return torch.from_numpy(to_matrix(column))
+    return torch.from_numpy(column.to_numpy().copy())
+
+
+def patches_stage(config: Config, out: str) -> None:
+    """Re-read the selected images at the patch size, GradCAM++ their patches, store the kept ones."""
+    layout = Layout(config)
+    chosen = layout.load_inventory(layout.selected_ids())
+    ds = read_images(config.replace(image_size=config.patch_image_size), chosen)
+    ds = ds.filter(expr="status == 'ok'").map_batches(
+        PatchDropper, fn_constructor_kwargs={"config": config}, batch_size=config.batch_size, **_actor_options(config)
+    )
+    _write_dataset(ds, out)
+
+
+def write_stage(run: Run) -> dict[str, object]:
+    """Manifest (every input), summary and report into the output; `_SUCCESS` last."""
+    config, layout = run.config, run.layout
+    start = time.perf_counter()
+    inventory = layout.load_inventory()
+    scores = read_embeddings(layout.embeddings, columns=["sample_id", "status", "reason", "note", "texture"])
+    kept = read_parquet(layout.dataset, columns=["sample_id"])["sample_id"].to_numpy()
+    manifest = build_manifest(inventory.table, scores, read_parquet(layout.bins), layout.selected_ids(), kept)
+    write_parquet(manifest, layout.manifest)
+    bin_table = storage.read_json(layout.bin_table)
+    run.stages["write"] = {"reused": False, "seconds": round(time.perf_counter() - start, 3)}
+    summary = summarize.summary(config, manifest, bin_table, run.stages)
+    storage.write_json(layout.output("summary.json"), summary)
+    storage.write_bytes(layout.output("config.json"), config.to_json().encode())
+    summarize.report(config)
+    storage.write_json(layout.output(storage.SUCCESS), {"fingerprint": fingerprint(config, "write")})
+    return summary
+
+
+def resample(config: Config) -> dict[str, object]:
+    """A new rho / alpha / sampler on cached embeddings and bins: refuses to run any embedding model."""
+    layout = Layout(config)
+    for name in ("embed", "bins"):
+        if not storage.is_committed(layout.stage(name)):
+            raise FileNotFoundError(
+                f"no cached {name} stage for this input and model config under {config.cache_uri}: run `adq compress` first"
+            )
+    return compress(config)

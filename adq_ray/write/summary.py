@@ -1,0 +1,77 @@
+"""The run's summary (counts and the ratios DQ/ADQ papers conflate) and its HTML report."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from adq_ray import storage
+from adq_ray.config import Config
+from adq_ray.ingest import read_images
+from adq_ray.layout import Layout
+from adq_ray.patches.reconstruct import decode_rows
+from adq_ray.tables import read_parquet
+from adq_ray.write.manifest import KEPT, NOT_SELECTED, counts
+from adq_ray.write.report import write_report
+
+SAMPLES_PER_BIN = 10
+OVERLAYS = 12
+THUMBNAIL = 64
+
+
+def summary(config: Config, manifest: pa.Table, bin_table: list[dict], stages: dict) -> dict[str, Any]:
+    """Counts by status, sample ratio (kept / valid inputs), patch keep ratio, and storage ratio.
+
+    data_keep_ratio = sample_ratio x patch_keep_ratio is DQ's "data keep ratio"; storage_ratio is what the
+    bytes say (stored Parquet over source files), which also reflects the codec and the patch image size.
+    """
+    c = counts(manifest)
+    valid = c[KEPT] + c[NOT_SELECTED]
+    sample_ratio = c[KEPT] / valid if valid else 0.0
+    patch_keep = config.kept_patches / config.grid**2
+    source_bytes = int(pc.sum(manifest["nbytes"]).as_py() or 0)
+    stored_bytes = storage.total_bytes(Layout(config).dataset)
+    return {
+        "counts": c,
+        "bins": len(bin_table),
+        "target_rho": config.rho,
+        "sample_ratio": sample_ratio,
+        "patch_keep_ratio": patch_keep,
+        "data_keep_ratio": sample_ratio * patch_keep,
+        "source_bytes": source_bytes,
+        "stored_bytes": stored_bytes,
+        "storage_ratio": stored_bytes / source_bytes if source_bytes else 0.0,
+        "sampler": config.sampler,
+        "alpha": config.alpha,
+        "output": config.output,
+        "stages": stages,
+    }
+
+
+def report(config: Config, eval_rows: list[dict] | None = None) -> str:
+    """(Re)write `<output>/report/` from a run's committed outputs: a sample grid per bin, patch overlays."""
+    layout = Layout(config)
+    manifest = read_parquet(layout.manifest)
+    kept = manifest.filter(pc.equal(manifest["status"], KEPT))
+    shown = {b: kept.filter(pc.equal(kept["bin"], b))["sample_id"].to_numpy()[:SAMPLES_PER_BIN] for b in range(config.num_bins)}
+    inventory = layout.load_inventory(np.concatenate([np.zeros(0, np.int64), *shown.values()]))
+    rows = read_images(replace(config, image_size=THUMBNAIL), inventory).take_all()
+    image_of = {r["sample_id"]: r["image"] for r in rows if r["status"] == "ok"}
+    overlays = []
+    dataset = read_parquet(layout.dataset).slice(0, OVERLAYS)
+    if dataset.num_rows:
+        images, keep = decode_rows(dataset)
+        grid = (config.grid, config.grid)
+        overlays = [(i.permute(1, 2, 0).numpy(), k.reshape(grid).numpy()) for i, k in zip(images, keep)]
+    return write_report(
+        layout.output("report"),
+        summary=storage.read_json(layout.output("summary.json")),
+        bin_table=storage.read_json(layout.bin_table),
+        samples_per_bin={b: [image_of[i] for i in ids if i in image_of] for b, ids in shown.items()},
+        overlays=overlays,
+        eval_rows=eval_rows,
+    )

@@ -57,7 +57,8 @@ class Config:
     cam_model: str = "resnet18"
     cam_weights: str = "hub"
     cam_layer: str = "layer4"
-    codec: Codec = "png"
+    cam_image_size: int = 0
+    codec: Codec = "jpeg"
     jpeg_quality: int = 90
     # Input limits: larger files or images are rejected, not decoded.
     max_file_bytes: int = 64 * 2**20
@@ -84,6 +85,7 @@ class Config:
             self.patch_image_size >= self.patch_size and self.patch_image_size % self.patch_size == 0,
             f"patch_image_size ({self.patch_image_size}) must be a positive multiple of patch_size ({self.patch_size})",
         )
+        _check(self.cam_image_size >= 0, f"cam_image_size must be >= 0 (0 = patch_image_size), got {self.cam_image_size}")
         _check(1 <= self.jpeg_quality <= 100, f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
         _check(self.max_file_bytes > 0, "max_file_bytes must be > 0")
         _check(self.max_image_pixels > 0, "max_image_pixels must be > 0")

@@ -29,7 +29,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     ),
     "bins": ("num_bins", "max_group"),
     "select": ("rho", "alpha", "sampler"),
-    "patches": ("patch_image_size", "mask_ratio", "patch_size", "cam_model", "cam_weights", "cam_layer", "codec", "jpeg_quality"),
+    "patches": ("patch_image_size", "mask_ratio", "patch_size", "cam_model", "cam_weights", "cam_layer", "cam_image_size", "codec", "jpeg_quality"),
     "write": (),
 }  # fmt: skip
 

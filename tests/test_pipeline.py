@@ -36,6 +36,7 @@ TINY = dict(
     num_bins=4,
     rho=0.3,
     batch_size=16,
+    codec="png",  # lossless, for the bit-exact round trip
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import torch
+import torch.nn.functional as F
 
 from adq_ray.config import Config
 from adq_ray.models import create_model, normalize, select_device
@@ -29,6 +30,18 @@ class PatchDropper:
         self.cam = GradCAMPlusPlus(model, config.cam_layer)
         self.schema = dataset_schema(config.kept_patches)
 
+    def _cam_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The image at the CAM model's own resolution (`cam_image_size`), e.g. 32 px for a CIFAR network.
+
+        A CNN run far from its training resolution gives CAMs that miss the object; the CAM is resized to
+        the patch grid either way, so only the scale the network sees changes.
+        """
+        size = self.config.cam_image_size
+        if not size or size == x.shape[-1]:
+            return x
+        resized = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return resized.round().clamp(0, 255).to(torch.uint8)
+
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         cfg = self.config
         images = np.asarray(batch["image"])
@@ -38,7 +51,7 @@ class PatchDropper:
         if images.dtype != np.uint8 or images.shape[1:] != (size, size, 3):
             raise ValueError(f"expected uint8 images (B, {size}, {size}, 3), got {images.dtype} {images.shape}")
         x = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2)
-        scores = self.cam(normalize(x), cfg.grid).flatten(1)
+        scores = self.cam(normalize(self._cam_input(x)), cfg.grid).flatten(1)
         kept = top_patches(scores, cfg.kept_patches)
         patches = patchify(x, cfg.patch_size)  # (B, L, 3, p, p) uint8
         chosen = patches[torch.arange(len(x), device=x.device)[:, None], kept]

@@ -1,14 +1,5 @@
 """Which samples to keep: per-bin scores, quotas (ADQ, DQ, random) and the seeded draw."""
 
-from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import Tensor
-
-from adq_ray.config import Sampler
 from adq_ray.quotas.adq import (
     adq_bin_quotas,
     budget,
@@ -21,6 +12,7 @@ from adq_ray.quotas.adq import (
 )
 from adq_ray.quotas.dq import dq_cell_counts
 from adq_ray.quotas.scores import BinScores, bin_scores, cell_sizes
+from adq_ray.quotas.selection import Selection, select
 
 __all__ = [
     "BinScores",
@@ -38,89 +30,3 @@ __all__ = [
     "split_over_classes",
     "uniform_selection",
 ]
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The kept samples (n,) bool and the per-bin numbers behind them, (N,) each."""
-
-    selected: Tensor
-    scores: BinScores
-    importance: Tensor
-    share: Tensor
-    quota: Tensor
-    count: Tensor
-
-    def table(self) -> list[dict[str, Any]]:
-        """One JSON-ready row per bin: size, rep, div, importance, share (ADQ's r_n), quota, selected."""
-        columns = {
-            "size": self.scores.size,
-            "rep": self.scores.rep,
-            "div": self.scores.div,
-            "importance": self.importance,
-            "share": self.share,
-            "quota": self.quota,
-            "selected": self.count,
-        }
-        return [{"bin": n, **{k: v[n].item() for k, v in columns.items()}} for n in range(len(self.quota))]
-
-
-def select(
-    bins: Tensor,
-    labels: Tensor,
-    texture: Tensor,
-    view_sum: Tensor,
-    *,
-    num_bins: int,
-    rho: float,
-    alpha: float,
-    sampler: Sampler = "adq",
-    seed: int = 0,
-) -> Selection:
-    """Choose samples from their bins: ADQ (global budget over scored bins), DQ (rho per cell) or random.
-
-    bins and labels (n,) int; texture (n,) and view_sum (n, d) as in `bin_scores`. Re-run freely for
-    other rho / alpha / sampler: nothing here re-embeds or re-bins. `quota` is the sampler's per-bin
-    target (for "random", the per-bin count it happened to draw).
-    """
-    _check(bins, labels, num_bins, rho, alpha, sampler, seed)
-    bins, labels = bins.cpu().long(), labels.cpu().long()
-    scores = bin_scores(bins, texture.cpu(), view_sum.cpu(), num_bins)
-    weight = importance(scores.rep, scores.div)
-    share = shares(weight, scores.size, alpha)
-    classes, cells = cell_sizes(bins, labels, num_bins)
-    if sampler == "random":
-        selected = uniform_selection(len(bins), rho, seed=seed)
-        quota = torch.bincount(bins[selected], minlength=num_bins)
-    else:
-        if sampler == "adq":
-            bin_quotas = adq_bin_quotas(scores.size, scores.rep, scores.div, rho=rho, alpha=alpha)
-            counts = split_over_classes(bin_quotas, cells)
-        else:
-            counts = dq_cell_counts(cells, rho)
-        selected = draw(bins, labels, counts, classes, seed=seed)
-        quota = counts.sum(1)
-    count = torch.bincount(bins[selected], minlength=num_bins)
-    return Selection(selected=selected, scores=scores, importance=weight, share=share, quota=quota, count=count)
-
-
-def _check(bins: Tensor, labels: Tensor, num_bins: int, rho: float, alpha: float, sampler: str, seed: int) -> None:
-    if not 0 < rho <= 1:
-        raise ValueError(f"rho must be in (0, 1], got {rho}")
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if sampler not in ("adq", "dq", "random"):
-        raise ValueError(f"sampler must be 'adq', 'dq' or 'random', got {sampler!r}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    if bins.ndim != 1 or labels.shape != bins.shape:
-        raise ValueError(f"bins and labels must both be (n,), got {tuple(bins.shape)} and {tuple(labels.shape)}")
-    for name, values in (("bins", bins), ("labels", labels)):
-        if values.is_floating_point() or values.dtype == torch.bool:
-            raise ValueError(f"{name} must be an integer tensor, got {values.dtype}")
-    if len(bins) == 0:
-        raise ValueError("no samples to select from")
-    if bins.min() < 0 or bins.max() >= num_bins:
-        raise ValueError(f"bins must be in [0, {num_bins}), got [{int(bins.min())}, {int(bins.max())}]")
-    if labels.min() < 0:
-        raise ValueError("labels must be >= 0 (they seed the draws)")

@@ -145,7 +145,7 @@ def test_assemble_and_fill(images: np.ndarray) -> None:
 
 
 def test_decode_rows_rebuilds_kept_pixels(images: np.ndarray) -> None:
-    config = Config(input="unused", output="unused", patch_image_size=32, patch_size=8, cam_model="cifar_resnet20",
+    config = Config(input="unused", output="unused", patch_image_size=32, patch_size=8, codec="png", cam_model="cifar_resnet20",
                     cam_weights="random", cam_layer="layer3", device="cpu")
     table = PatchDropper(config)({"sample_id": np.arange(6), "label": np.zeros(6, np.int64), "image": images})
     assembled, keep = decode_rows(table)

@@ -1,0 +1,1 @@
+"""Write the run's outputs: the manifest, the summary and the HTML report."""

@@ -1,0 +1,169 @@
+"""Evaluation harness: tensor helpers, the CIFAR classifier, real Ray Train runs, the comparison table."""
+
+from __future__ import annotations
+
+import csv
+import io
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from adq_ray import storage
+from adq_ray.config import ConfigError
+from adq_ray.evaluate import (
+    Recipe,
+    create_classifier,
+    evaluate_arms,
+    plot_accuracy,
+    random_crop_flip,
+    to_images,
+    train_and_test,
+    write_table,
+)
+from tests.conftest import CIFAR_TAR, make_bucket
+
+TINY = Recipe(model="cifar_resnet20", epochs=1, batch_size=32, lr=0.05)
+
+
+def cifar_slice(split: str, per_class: int) -> dict[str, np.ndarray]:
+    """The first `per_class` JPEGs of each class of one split, decoded (labels by sorted class name)."""
+    images, names = [], []
+    counts: dict[str, int] = {}
+    with tarfile.open(CIFAR_TAR, "r:gz") as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if not member.isfile() or parts[0] != split or counts.get(parts[1], 0) >= per_class:
+                continue
+            counts[parts[1]] = counts.get(parts[1], 0) + 1
+            images.append(np.asarray(Image.open(tar.extractfile(member)).convert("RGB")))
+            names.append(parts[1])
+    classes = sorted(set(names))
+    return {"image": np.stack(images), "label": np.array([classes.index(n) for n in names], dtype=np.int64)}
+
+
+def two_colours(n: int, size: int, seed: int) -> dict[str, np.ndarray]:
+    """Class 0 reddish, class 1 bluish, with pixel noise: separable by colour alone."""
+    rng = np.random.default_rng(seed)
+    label = np.arange(n, dtype=np.int64) % 2
+    base = np.where(label[:, None] == 0, [200, 40, 40], [40, 40, 200])[:, None, None, :]
+    noise = rng.normal(0, 25, size=(n, size, size, 3))
+    return {"image": np.clip(base + noise, 0, 255).astype(np.uint8), "label": label}
+
+
+def as_items(data: dict[str, np.ndarray]) -> list[dict]:
+    return [{"image": image, "label": label} for image, label in zip(data["image"], data["label"])]
+
+
+def test_to_images_resizes_stacked_and_ragged_batches():
+    rng = np.random.default_rng(0)
+    same = rng.integers(0, 256, size=(2, 64, 64, 3), dtype=np.uint8)
+    out = to_images(same, 32)
+    assert out.shape == (2, 3, 32, 32) and out.dtype == torch.float32
+    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+    flat = np.full((16, 16, 3), 255, dtype=np.uint8)
+    ragged = np.empty(2, dtype=object)
+    ragged[:] = [flat, np.zeros((40, 24, 3), dtype=np.uint8)]
+    out = to_images(ragged, 8)
+    assert out.shape == (2, 3, 8, 8)
+    assert torch.allclose(out[0], torch.ones(3, 8, 8)) and float(out[1].abs().max()) == 0.0
+    native = to_images(same[:1, :32, :32], 32)
+    assert torch.equal(native, torch.from_numpy(same[:1, :32, :32]).permute(0, 3, 1, 2).float() / 255)
+
+
+def test_random_crop_flip_is_a_shifted_window_of_the_padded_batch():
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 3, 6, 6)
+    assert torch.equal(random_crop_flip(x, 0, False, torch.Generator().manual_seed(0)), x)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    out = random_crop_flip(x, 2, True, torch.Generator().manual_seed(1))
+    assert out.shape == x.shape
+    for b in range(2):
+        windows = [padded[b, :, i : i + 6, j : j + 6] for i in range(5) for j in range(5)]
+        assert any(torch.equal(out[b], w) or torch.equal(out[b], w.flip(-1)) for w in windows)
+    crops = [random_crop_flip(x, 2, False, torch.Generator().manual_seed(seed)) for seed in range(8)]
+    shifts = {tuple(crop[0, 0, 2, 2:4].tolist()) for crop in crops}
+    assert len(shifts) > 1, "crops must vary with the generator"
+
+
+def test_flip_mirrors_some_samples():
+    x = torch.arange(64 * 4, dtype=torch.float32).reshape(64, 1, 1, 4)
+    out = random_crop_flip(x, 0, True, torch.Generator().manual_seed(0))
+    mirrored = [torch.equal(out[b], x[b].flip(-1)) for b in range(64)]
+    assert 10 < sum(mirrored) < 54
+    assert all(m or torch.equal(out[b], x[b]) for b, m in enumerate(mirrored))
+
+
+def test_resnet18_cifar_has_the_cifar_stem():
+    model = create_classifier("resnet18_cifar", num_classes=10)
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, torch.nn.Identity) and model.training
+    features = model.forward_features(torch.zeros(1, 3, 32, 32))
+    assert features.shape[-2:] == (4, 4)  # 32 / 8: no stride-2 stem, no max-pool
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert create_classifier("cifar_resnet20", num_classes=3)(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+    with pytest.raises(ValueError):
+        create_classifier("cifar_resnet20_cifar", num_classes=10)
+
+
+def test_recipe_defaults_follow_the_spec_and_reject_bad_values():
+    recipe = Recipe()
+    assert (recipe.model, recipe.epochs, recipe.batch_size, recipe.image_size) == ("resnet18_cifar", 200, 128, 32)
+    assert (recipe.lr, recipe.momentum, recipe.weight_decay, recipe.crop_padding) == (0.1, 0.9, 5e-4, 4)
+    with pytest.raises(ConfigError, match="epochs"):
+        Recipe(epochs=0)
+    with pytest.raises(ConfigError, match="lr"):
+        recipe.replace(lr=-1.0)
+
+
+def test_train_and_test_on_cifar_slice_with_two_workers(ray_session, tmp_path):
+    """Two DDP workers at half a CPU each: the train split and the summed metrics must cover every image."""
+    train = ray_session.data.from_items(as_items(cifar_slice("train", 20)))
+    test = ray_session.data.from_items(as_items(cifar_slice("test", 10)))
+    recipe = TINY.replace(epochs=2)
+    result = train_and_test(train, test, recipe, num_workers=2, cpus_per_worker=0.5, storage_path=str(tmp_path / "runs"))
+    assert set(result) >= {"final_acc", "best_acc", "best_epoch", "history", "wall_s", "n_train", "n_test"}
+    assert (result["n_train"], result["n_test"], result["epochs"]) == (200, 100, 2)
+    assert 0.0 <= result["final_acc"] <= result["best_acc"] <= 1.0
+    assert [h["epoch"] for h in result["history"]] == [1, 2]
+    assert result["history"][0]["lr"] == pytest.approx(0.05) and result["history"][1]["lr"] < 0.05
+    assert all(np.isfinite(h["train_loss"]) for h in result["history"])
+    assert result["wall_s"] > 0
+
+
+def test_training_learns_a_separable_set_from_larger_images(ray_session, tmp_path):
+    """64 px inputs resized to 32 on the worker; two colour classes must be learnt almost perfectly."""
+    train = ray_session.data.from_items(as_items(two_colours(128, 64, seed=0)))
+    test = ray_session.data.from_items(as_items(two_colours(64, 64, seed=1)))
+    recipe = TINY.replace(num_classes=2, epochs=3)
+    metadata = {"full": {"sample_ratio": 1.0, "storage_ratio": 0.9, "method": "full"}}
+    [row] = evaluate_arms({"full": train}, test, recipe, metadata=metadata, storage_path=str(tmp_path / "runs"))
+    assert list(row)[:6] == ["arm", "n_train", "sample_ratio", "storage_ratio", "final_acc", "best_acc"]
+    assert (row["arm"], row["n_train"], row["storage_ratio"], row["epochs"]) == ("full", 128, 0.9, 3)
+    assert row["method"] == "full" and row["wall_s"] > 0
+    assert row["final_acc"] > 0.9, row
+
+
+ROWS = [
+    {"arm": "full", "n_train": 500, "sample_ratio": 1.0, "storage_ratio": 1.0, "final_acc": 0.9, "best_acc": 0.91},
+    {"arm": "dq@0.1", "n_train": 50, "sample_ratio": 0.1, "storage_ratio": 0.08, "final_acc": 0.5, "best_acc": 0.55,
+     "method": "dq"},
+    {"arm": "dq@0.2", "n_train": 100, "sample_ratio": 0.2, "storage_ratio": 0.16, "final_acc": 0.6, "best_acc": 0.6,
+     "method": "dq"},
+    {"arm": "reference", "n_train": 500, "sample_ratio": None, "storage_ratio": None, "final_acc": 0.8, "best_acc": 0.8},
+]
+
+
+def test_write_table_and_plot_accuracy_on_s3(s3_server):
+    bucket = make_bucket("evaluation")
+    csv_uri, json_uri = write_table(ROWS, f"{bucket}/run1")
+    assert csv_uri.endswith("/evaluation.csv") and json_uri.endswith("/evaluation.json")
+    table = list(csv.DictReader(io.StringIO(storage.read_bytes(csv_uri).decode())))
+    assert [r["arm"] for r in table] == [r["arm"] for r in ROWS]
+    assert list(table[0]) == ["arm", "n_train", "sample_ratio", "storage_ratio", "final_acc", "best_acc", "method"]
+    assert table[1]["method"] == "dq" and table[0]["method"] == "" and float(table[2]["final_acc"]) == 0.6
+    assert storage.read_json(json_uri) == ROWS
+    plot_accuracy(ROWS, f"{bucket}/run1/accuracy.png")
+    image = Image.open(io.BytesIO(storage.read_bytes(f"{bucket}/run1/accuracy.png")))
+    assert image.format == "PNG" and image.size[0] > 300

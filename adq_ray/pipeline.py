@@ -155,7 +155,7 @@ def _tensor(column: pa.ChunkedArray) -> torch.Tensor:
     """A scalar column as a 1-d tensor, a vector column as a 2-d one."""
     if pa.types.is_fixed_size_list(column.type) or pa.types.is_list(column.type):
         return torch.from_numpy(to_matrix(column))
-    return torch.from_numpy(column.to_numpy().copy())
+    return torch.from_numpy(np.array(column.to_numpy()))
 
 
 def patches_stage(config: Config, out: str) -> None:

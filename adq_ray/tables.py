@@ -17,13 +17,13 @@ def fixed_size_list(values: np.ndarray) -> pa.FixedSizeListArray:
 
 
 def to_matrix(column: pa.ChunkedArray | pa.Array, dtype=np.float32) -> np.ndarray:
-    """Fixed-size (or equal-length) list column -> (n, d) array."""
+    """Fixed-size (or equal-length) list column -> (n, d) array (a writable copy)."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if len(column) == 0:
         return np.zeros((0, 0), dtype=dtype)
     flat = column.flatten().to_numpy(zero_copy_only=False)
-    return flat.reshape(len(column), -1).astype(dtype, copy=False)
+    return np.array(flat.reshape(len(column), -1), dtype=dtype)
 
 
 def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:

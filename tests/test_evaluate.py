@@ -23,7 +23,7 @@ from adq_ray.evaluate import (
     train_and_test,
     write_table,
 )
-from tests.conftest import CIFAR_TAR, make_bucket
+from conftest import CIFAR_TAR, make_bucket
 
 TINY = Recipe(model="cifar_resnet20", epochs=1, batch_size=32, lr=0.05)
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from adq_ray import storage
 from adq_ray.write.report import overlay, tile, write_report
-from tests.conftest import make_bucket
+from conftest import make_bucket
 
 SECTIONS = ("summary", "bins", "quotas", "samples", "overlays", "evaluation")
 

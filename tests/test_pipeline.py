@@ -192,3 +192,30 @@ def test_resume_after_kill_runs_no_embedding_model(ray_session, tmp_path):
     summary = compress(config)
     assert summary["stages"]["embed"]["reused"] is True
     assert storage.is_committed(config.output)
+
+
+def test_parquet_input_end_to_end(ray_session, tmp_path):
+    """Image bytes + string labels in Parquet (a Hugging Face style export), one bad row among them."""
+    import pyarrow as pa
+
+    folder = write_image_folder(tmp_path / "images", classes=2, per_class=10, size=32)
+    files = sorted(folder.rglob("*.*"))
+    images = [p.read_bytes() for p in files] + [b"garbage"]
+    labels = [p.parent.name for p in files] + ["class_0"]
+    pq.write_table(pa.table({"image": images, "label": labels}), tmp_path / "train.parquet")
+    config = tiny_config(tmp_path, str(tmp_path / "train.parquet"), num_bins=2)
+    summary = compress(config)
+    manifest = manifest_of(config)
+    assert manifest.num_rows == 21 and summary["counts"]["rejected"] == 1
+    assert manifest["path"][0].as_py().endswith("train.parquet#0")
+    assert summary["counts"]["kept"] == budget(20, config.rho)
+
+
+def test_unlabeled_folder_is_one_class(ray_session, tmp_path):
+    folder = write_image_folder(tmp_path / "images", classes=2, per_class=10, size=32)
+    config = tiny_config(tmp_path, str(folder), labeled=False, num_bins=3)
+    summary = compress(config)
+    manifest = manifest_of(config)
+    assert set(manifest["label"].to_pylist()) == {0}
+    assert sorted(set(manifest["bin"].to_pylist())) == [0, 1, 2]
+    assert summary["counts"]["kept"] == budget(20, config.rho)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import tarfile
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from PIL import Image
 
 from adq_ray import storage
 from adq_ray.config import ConfigError
+from adq_ray.ingest.cifar import extract_cifar_subset
 from adq_ray.evaluate import (
     Recipe,
     create_classifier,
@@ -28,20 +28,13 @@ from conftest import CIFAR_TAR, make_bucket
 TINY = Recipe(model="cifar_resnet20", epochs=1, batch_size=32, lr=0.05)
 
 
-def cifar_slice(split: str, per_class: int) -> dict[str, np.ndarray]:
-    """The first `per_class` JPEGs of each class of one split, decoded (labels by sorted class name)."""
-    images, names = [], []
-    counts: dict[str, int] = {}
-    with tarfile.open(CIFAR_TAR, "r:gz") as tar:
-        for member in tar:
-            parts = member.name.split("/")
-            if not member.isfile() or parts[0] != split or counts.get(parts[1], 0) >= per_class:
-                continue
-            counts[parts[1]] = counts.get(parts[1], 0) + 1
-            images.append(np.asarray(Image.open(tar.extractfile(member)).convert("RGB")))
-            names.append(parts[1])
-    classes = sorted(set(names))
-    return {"image": np.stack(images), "label": np.array([classes.index(n) for n in names], dtype=np.int64)}
+def cifar_slice(root, split: str, per_class: int) -> dict[str, np.ndarray]:
+    """The first `per_class` images of each class of one split (the embedded default's rule), decoded."""
+    folder = extract_cifar_subset(CIFAR_TAR, root / split, per_class=per_class, split=split)
+    files = sorted(folder.glob("*/*"))
+    classes = sorted({f.parent.name for f in files})
+    images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    return {"image": images, "label": np.array([classes.index(f.parent.name) for f in files], dtype=np.int64)}
 
 
 def two_colours(n: int, size: int, seed: int) -> dict[str, np.ndarray]:
@@ -119,8 +112,8 @@ def test_recipe_defaults_follow_the_spec_and_reject_bad_values():
 
 def test_train_and_test_on_cifar_slice_with_two_workers(ray_session, tmp_path):
     """Two DDP workers at half a CPU each: the train split and the summed metrics must cover every image."""
-    train = ray_session.data.from_items(as_items(cifar_slice("train", 20)))
-    test = ray_session.data.from_items(as_items(cifar_slice("test", 10)))
+    train = ray_session.data.from_items(as_items(cifar_slice(tmp_path, "train", 20)))
+    test = ray_session.data.from_items(as_items(cifar_slice(tmp_path, "test", 10)))
     recipe = TINY.replace(epochs=2)
     result = train_and_test(train, test, recipe, num_workers=2, cpus_per_worker=0.5, storage_path=str(tmp_path / "runs"))
     assert set(result) >= {"final_acc", "best_acc", "best_epoch", "history", "wall_s", "n_train", "n_test"}

@@ -20,9 +20,10 @@ from adq_ray import storage
 from adq_ray.config import Config
 from adq_ray.ingest.decode import decode_image
 from adq_ray.patches.grid import patchify
-from adq_ray.patches.reconstruct import decode_rows, read_table
+from adq_ray.patches.reconstruct import decode_rows
 from adq_ray.pipeline import Layout, compress, resample
 from adq_ray.quotas.adq import budget
+from adq_ray.tables import read_parquet
 from conftest import make_bucket, write_image_folder
 
 TINY = dict(
@@ -45,8 +46,7 @@ def tiny_config(tmp_path: Path, input: str, **changes) -> Config:
 
 
 def manifest_of(config: Config):
-    fs, path = storage.resolve(storage.join(config.output, "manifest.parquet"))
-    return pq.read_table(path, filesystem=fs)
+    return read_parquet(Layout(config).manifest)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_run_accounts_for_every_input(tiny_run):
     for label in range(3):
         rows = manifest.filter(pc.equal(manifest["label"], label))
         assert sorted(set(rows["bin"].to_pylist())) == list(range(config.num_bins))
-    dataset = read_table(Layout(config).dataset)
+    dataset = read_parquet(Layout(config).dataset)
     assert sorted(dataset["sample_id"].to_pylist()) == sorted(kept["sample_id"].to_pylist())
     assert summary["patch_keep_ratio"] == config.kept_patches / config.grid**2
     assert 0 < summary["storage_ratio"] and summary["stored_bytes"] == storage.total_bytes(Layout(config).dataset)
@@ -82,7 +82,7 @@ def test_kept_patches_round_trip_bit_exact(tiny_run):
     config, _ = tiny_run
     manifest = manifest_of(config)
     paths = dict(zip(manifest["sample_id"].to_pylist(), manifest["path"].to_pylist()))
-    table = read_table(Layout(config).dataset)
+    table = read_parquet(Layout(config).dataset)
     images, keep = decode_rows(table)
     for row, image, mask in zip(table.to_pylist(), images, keep):
         source = decode_image(Path(paths[row["sample_id"]]).read_bytes(), config.patch_image_size, config.max_image_pixels, config.max_file_bytes)
@@ -170,7 +170,7 @@ def test_s3_in_s3_out(ray_session, s3_server, tmp_path):
     assert manifest.num_rows == 20 and all(p.startswith("s3://adq-e2e/train/") for p in manifest["path"].to_pylist())
     assert summary["counts"]["kept"] == budget(20, config.rho)
     assert storage.exists(f"{bucket}/out/report/report.html")
-    assert read_table(f"{bucket}/out/dataset").num_rows == summary["counts"]["kept"]
+    assert read_parquet(f"{bucket}/out/dataset").num_rows == summary["counts"]["kept"]
 
 
 def test_resume_after_kill_runs_no_embedding_model(ray_session, tmp_path):

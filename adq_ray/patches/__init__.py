@@ -10,7 +10,6 @@ from adq_ray.patches.reconstruct import (
     decode_rows,
     fill_mean,
     read_reconstructed,
-    read_table,
     reconstruct,
     restore,
 )
@@ -31,7 +30,6 @@ __all__ = [
     "keep_mask",
     "patchify",
     "read_reconstructed",
-    "read_table",
     "reconstruct",
     "resize_cam",
     "restore",

@@ -11,7 +11,6 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 import ray
 import torch
 from torch import nn
@@ -23,6 +22,7 @@ from adq_ray.models.backbone import IMAGENET_MEAN, IMAGENET_STD
 from adq_ray.models.mae import load_mae
 from adq_ray.patches.codec import decode_patches
 from adq_ray.patches.grid import expand_mask, keep_mask, unpatchify
+from adq_ray.tables import read_parquet
 
 Fill = Literal["mean", "zero"]
 
@@ -87,12 +87,6 @@ def decode_rows(table: pa.Table) -> tuple[torch.Tensor, torch.Tensor]:
     return assemble(kept_idx, torch.from_numpy(patches).permute(0, 1, 4, 2, 3), s // p)
 
 
-def read_table(uri: str) -> pa.Table:
-    """All rows of a compressed dataset's Parquet files (local path or s3:// URL)."""
-    fs, path = storage.resolve(uri)
-    return pads.dataset(path, filesystem=fs, format="parquet").to_table()
-
-
 class CompressedImages(Dataset):
     """Torch dataset over a compressed dataset: (uint8 tensor (3, S, S), label) per stored image.
 
@@ -100,7 +94,7 @@ class CompressedImages(Dataset):
     """
 
     def __init__(self, uri: str, mae: nn.Module | None = None, fill: Fill = "mean") -> None:
-        self.table = read_table(uri)
+        self.table = read_parquet(uri)
         self.mae = mae
         self.fill = fill
 

@@ -124,6 +124,14 @@ def bins_stage(config: Config, out: str) -> None:
         raise ValueError("no readable image in the input: nothing to bin (see the rejected rows of the inventory)")
     values, sizes = np.unique(labels, return_counts=True)
     class_sizes = {int(c): int(n) for c, n in zip(values, sizes)}
+    small = {c: n for c, n in class_sizes.items() if n < config.num_bins}
+    if small:
+        names = layout.load_inventory().classes
+        listed = ", ".join(f"{names[c]!r} ({n})" for c, n in sorted(small.items())[:10])
+        raise ValueError(
+            f"{len(small)} class(es) have fewer readable images than num_bins={config.num_bins}: {listed}; "
+            "lower num_bins or leave those classes out (the embeddings are cached, so only binning re-runs)"
+        )
     bins = run_bins(layout.embeddings, class_sizes, config.num_bins, config.max_group, config.features, config.seed)
     write_parquet(bins, storage.join(out, "bins.parquet"))
 

@@ -219,3 +219,9 @@ def test_unlabeled_folder_is_one_class(ray_session, tmp_path):
     assert set(manifest["label"].to_pylist()) == {0}
     assert sorted(set(manifest["bin"].to_pylist())) == [0, 1, 2]
     assert summary["counts"]["kept"] == budget(20, config.rho)
+
+
+def test_class_smaller_than_num_bins_is_named(ray_session, tmp_path):
+    folder = write_image_folder(tmp_path / "images", classes=2, per_class=6, size=32)
+    with pytest.raises(ValueError, match=r"'class_0' \(6\), 'class_1' \(6\); lower num_bins"):
+        compress(tiny_config(tmp_path, str(folder), num_bins=8))

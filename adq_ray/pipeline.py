@@ -28,6 +28,7 @@ from adq_ray.ingest import list_inputs, read_images
 from adq_ray.layout import STAGES, Layout, fingerprint
 from adq_ray.patches.dropper import PatchDropper
 from adq_ray.quotas import select
+from adq_ray.resources import actor_options, gpus
 from adq_ray.tables import read_parquet, to_matrix, write_parquet
 from adq_ray.write import summary as summarize
 from adq_ray.write.manifest import build_manifest
@@ -86,18 +87,6 @@ def compress(config: Config, until: str = "write") -> dict[str, object]:
     return {"stages": run.stages, "complete": False}
 
 
-def _actor_options(config: Config) -> dict[str, object]:
-    """Actor pool of one GPU per actor when the cluster has GPUs, else fractional-CPU actors.
-
-    Fractional CPUs keep a pool schedulable on a 2-core machine (RAY-NOTES: Ray issue 44687).
-    """
-    gpus = int(ray.cluster_resources().get("GPU", 0)) if config.device != "cpu" else 0
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    size = config.num_actors or (gpus if gpus else max(1, cpus // 4))
-    resources = {"num_gpus": 1} if gpus else {"num_cpus": config.cpus_per_actor}
-    return {"compute": ray.data.ActorPoolStrategy(size=size), **resources}
-
-
 def _write_dataset(ds: ray.data.Dataset, uri: str, **kwargs: object) -> None:
     fs, path = storage.resolve(uri)
     ds.write_parquet(path, filesystem=fs, **kwargs)
@@ -111,7 +100,7 @@ def embed_stage(config: Config, out: str) -> None:
         Embedder,
         fn_constructor_kwargs={"config": config, "num_classes": len(inventory.classes)},
         batch_size=config.batch_size,
-        **_actor_options(config),
+        **actor_options(config),
     )
     _write_dataset(ds, storage.join(out, "embeddings"), partition_cols=["label"])
 
@@ -132,7 +121,7 @@ def bins_stage(config: Config, out: str) -> None:
             f"{len(small)} class(es) have fewer readable images than num_bins={config.num_bins}: {listed}; "
             "lower num_bins or leave those classes out (the embeddings are cached, so only binning re-runs)"
         )
-    bins = run_bins(layout.embeddings, class_sizes, config.num_bins, config.max_group, config.features, config.seed)
+    bins = run_bins(layout.embeddings, class_sizes, config.num_bins, config.max_group, config.features, config.seed, gpus(config))
     write_parquet(bins, storage.join(out, "bins.parquet"))
 
 
@@ -172,7 +161,7 @@ def patches_stage(config: Config, out: str) -> None:
     chosen = layout.load_inventory(layout.selected_ids())
     ds = read_images(config.replace(image_size=config.patch_image_size), chosen)
     ds = ds.filter(expr="status == 'ok'").map_batches(
-        PatchDropper, fn_constructor_kwargs={"config": config}, batch_size=config.batch_size, **_actor_options(config)
+        PatchDropper, fn_constructor_kwargs={"config": config}, batch_size=config.batch_size, **actor_options(config)
     )
     _write_dataset(ds, out)
 

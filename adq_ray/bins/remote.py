@@ -47,9 +47,10 @@ def plan_tasks(class_sizes: dict[int, int], parallelism: int) -> list[list[int]]
     return [sorted(g) for g in groups if g]
 
 
-def run_bins(embeddings_uri: str, class_sizes: dict[int, int], num_bins: int, max_group: int, features: str, seed: int) -> pa.Table:
-    """Fan the classes out over Ray tasks (one GPU each when the cluster has GPUs); sorted by sample_id."""
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+def run_bins(
+    embeddings_uri: str, class_sizes: dict[int, int], num_bins: int, max_group: int, features: str, seed: int, gpus: int
+) -> pa.Table:
+    """Fan the classes out over Ray tasks, one per GPU when `gpus` > 0 (else one per CPU); sorted by sample_id."""
     options = {"num_gpus": 1} if gpus else {"num_cpus": 1}
     task = ray.remote(bin_classes).options(**options)
     parallelism = gpus or int(ray.cluster_resources().get("CPU", 1))

@@ -13,7 +13,7 @@ from typing import Any
 
 import ray
 
-from adq_ray import storage
+from adq_ray import resources, storage
 from adq_ray.config import Config
 from adq_ray.evaluate.compare import evaluate_arms, write_table
 from adq_ray.evaluate.train import Recipe
@@ -45,7 +45,7 @@ def evaluate_command(config: Config, args: argparse.Namespace) -> list[dict[str,
     summaries = compressed_arms(config)
     mae, _, weights = args.mae.partition(":")
     inventory = list_inputs(config)
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    gpus = resources.gpus(config)
     arms = {"full": decoded(config, inventory)}
     meta: dict[str, dict[str, Any]] = {"full": {"sample_ratio": None, "storage_ratio": 1.0, "method": "full"}}
     for sampler, summary in summaries.items():

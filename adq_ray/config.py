@@ -16,6 +16,7 @@ Features = Literal["embedding", "gradient"]
 Codec = Literal["png", "jpeg", "raw"]
 InputFormat = Literal["auto", "imagefolder", "parquet"]
 Device = Literal["auto", "cpu", "cuda"]
+DecodeDevice = Literal["cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16"]
 
 
@@ -42,6 +43,7 @@ class Config:
     contrastive: str = ""
     contrastive_weights: str = "hub"
     batch_size: int = 64
+    decode_device: DecodeDevice = "cpu"
     # Stage 2: bins.
     num_bins: int = 10
     max_group: int = 20_000

@@ -25,7 +25,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "embed": (
         "input", "input_format", "labeled", "image_column", "label_column", "image_size", "backbone",
         "backbone_weights", "features", "contrastive", "contrastive_weights", "seed", "max_file_bytes",
-        "max_image_pixels",
+        "max_image_pixels", "decode_device",
     ),
     "bins": ("num_bins", "max_group"),
     "select": ("rho", "alpha", "sampler"),

@@ -96,7 +96,8 @@ def embed_stage(config: Config, out: str) -> None:
     """List and decode every input, then embed and score it in an actor pool; cache by class."""
     inventory = list_inputs(config)
     Layout(config).save_inventory(inventory, out)
-    ds = read_images(config, inventory).map_batches(
+    # decode_device "cuda": plain JPEGs reach the actors as bytes, for nvJPEG (the patch stage decodes on CPUs).
+    ds = read_images(config, inventory, defer_jpeg=config.decode_device == "cuda").map_batches(
         Embedder,
         fn_constructor_kwargs={"config": config, "num_classes": len(inventory.classes)},
         batch_size=config.batch_size,

@@ -19,7 +19,7 @@ def bin_classes(embeddings_uri: str, labels: list[int], num_bins: int, max_group
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result = assign_bins(
         torch.from_numpy(to_matrix(table["embedding"])),
-        torch.from_numpy(table["label"].to_numpy()),
+        torch.from_numpy(np.array(table["label"].to_numpy())),
         num_bins,
         grads=torch.from_numpy(to_matrix(table["grad"])) if features == "gradient" else None,
         max_group=max_group,

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from adq_ray.config import Config
 from adq_ray.embed.texture import texture_level
 from adq_ray.embed.views import two_views
+from adq_ray.ingest.decode import decode_image
 from adq_ray.models import create_model, normalize, select_device
 from adq_ray.tables import fixed_size_list
 
@@ -21,10 +25,38 @@ def autocast_dtype(config: Config, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def decode_jpegs(blobs: Sequence[bytes], size: int, device: torch.device) -> list[torch.Tensor | None]:
+    """JPEG bytes -> uint8 (3, size, size) on `device` (nvJPEG on CUDA) in one batched call; None where one fails.
+
+    A batch the decoder refuses is retried one image at a time, so a bad file costs only itself. The
+    resize is antialiased bilinear, as Pillow's in `decode_image`.
+    """
+    data = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
+    try:
+        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        images = [_decode_one(jpeg, device) for jpeg in data]
+    return [None if image is None else _resize(image, size) for image in images]
+
+
+def _decode_one(jpeg: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    """One JPEG as uint8 (3, H, W), or None if the decoder refuses it."""
+    try:
+        return decode_jpeg(jpeg, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        return None
+
+
+def _resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (3, H, W) -> (3, size, size): antialiased bilinear (Pillow's filter when shrinking), rounded."""
+    x = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x[0].round().clamp(0, 255).to(torch.uint8)
+
+
 class Embedder:
     """`map_batches` callable: images -> embedding, texture level, summed view vectors (and DQ gradients).
 
-    Columns in: sample_id, label, status, reason, note, image (uint8 B,S,S,3).
+    Columns in: sample_id, label, status, reason, note, image (uint8 B,S,S,3) [, bytes: JPEGs to decode here].
     Columns out: sample_id, label, status, reason, note, texture, embedding, view_sum [, grad].
     Rejected rows pass through with zero scores so that every input reaches the manifest.
     """
@@ -81,15 +113,38 @@ class Embedder:
             out["grad"] = logits.softmax(1) - F.one_hot(logits.argmax(1), logits.shape[1]).float()
         return out
 
+    def _decode_deferred(self, blobs: np.ndarray, images: torch.Tensor, columns: dict[str, np.ndarray]) -> None:
+        """Decode the rows that ingest left as JPEG `blobs` into `images` (uint8 B,3,S,S on this actor's device).
+
+        A JPEG the device decoder refuses is decoded by Pillow (`decode_image`), whose verdict, an image or a
+        rejection with its reason, is the CPU path's: the accounting never depends on the decoder.
+        """
+        cfg = self.config
+        rows = [i for i, blob in enumerate(blobs) if len(blob)]
+        for i, image in zip(rows, decode_jpegs([blobs[i] for i in rows], cfg.image_size, self.device)):
+            if image is not None:
+                images[i] = image
+                continue
+            result = decode_image(blobs[i], cfg.image_size, cfg.max_image_pixels, cfg.max_file_bytes)
+            columns["status"][i] = "ok" if result.ok else "rejected"
+            columns["reason"][i], columns["note"][i] = result.reason, result.note
+            if result.ok:
+                images[i] = torch.tensor(result.image).permute(2, 0, 1)
+
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        ok = np.asarray(batch["status"]) == "ok"
+        # Object arrays: a deferred JPEG's status may become "rejected", longer than a fixed-width "ok".
+        columns = {k: batch[k] for k in ("sample_id", "label")}
+        columns |= {k: np.array(batch[k], dtype=object) for k in ("status", "reason", "note")}
+        images = torch.from_numpy(np.array(batch["image"])).permute(0, 3, 1, 2)
+        if "bytes" in batch:
+            images = images.to(self.device)
+            self._decode_deferred(batch["bytes"], images, columns)
+        ok = columns["status"] == "ok"
         n = len(ok)
-        columns = {k: batch[k] for k in ("sample_id", "label", "status", "reason", "note")}
         full = {"texture": np.zeros(n, np.float32)}
         full |= {name: np.zeros((n, width), np.float32) for name, width in self.widths.items()}
         if ok.any():
-            images = torch.from_numpy(np.ascontiguousarray(batch["image"][ok])).permute(0, 3, 1, 2)
-            for name, value in self.embed(images, batch["sample_id"][ok]).items():
+            for name, value in self.embed(images[torch.from_numpy(ok)], batch["sample_id"][ok]).items():
                 full[name][ok] = value.cpu().numpy()
         table = pa.table({k: pa.array(np.asarray(v)) for k, v in columns.items()})
         table = table.append_column("texture", pa.array(full.pop("texture")))

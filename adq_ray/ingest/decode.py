@@ -20,20 +20,22 @@ CORRUPT = "corrupt image data"
 UNLABELED = "unlabeled"
 
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+_JPEG_EOI = b"\xff\xd9"
 _GRAY_MODES = {"1", "L", "LA", "La"}
 
 
 @dataclass(frozen=True)
 class Decoded:
-    """An RGB uint8 (size, size, 3) `image` plus a `note` on what was converted, or a `reason`."""
+    """An RGB uint8 (size, size, 3) `image` (or JPEG `data` left to a later decoder) plus a `note`, or a `reason`."""
 
     image: np.ndarray | None = None
     note: str = ""
     reason: str = ""
+    data: bytes = b""
 
     @property
     def ok(self) -> bool:
-        return self.image is not None
+        return self.image is not None or bool(self.data)
 
     @classmethod
     def rejected(cls, reason: str) -> "Decoded":
@@ -45,13 +47,15 @@ def too_large(nbytes: int, max_bytes: int) -> str:
     return f"too large: {nbytes} bytes > {max_bytes}"
 
 
-def decode_image(data: bytes, size: int, max_pixels: int, max_bytes: int) -> Decoded:
+def decode_image(data: bytes, size: int, max_pixels: int, max_bytes: int, defer_jpeg: bool = False) -> Decoded:
     """Decode `data` and resize the whole image to size x size (aspect ratio not kept).
 
     The models take square inputs, so the image is resized as a whole, not cropped: bilinear with
     antialias (Pillow's resize scales the filter when shrinking); small images are upsampled.
     The header's pixel count is checked against `max_pixels` before any pixel is decoded; Pillow's
     own decompression-bomb error (above 2 * `PIL.Image.MAX_IMAGE_PIXELS`) is a rejection too.
+    With `defer_jpeg`, a plain JPEG (`_plain_jpeg`) that passes these checks is not decoded: its bytes
+    are passed on as `data` for a batched decoder downstream (nvJPEG in the embed actor).
     """
     if len(data) > max_bytes:
         return Decoded.rejected(too_large(len(data), max_bytes))
@@ -65,6 +69,8 @@ def decode_image(data: bytes, size: int, max_pixels: int, max_bytes: int) -> Dec
                 width, height = im.size
                 if width * height > max_pixels:
                     return Decoded.rejected(f"too many pixels: {width}x{height} > {max_pixels}")
+                if defer_jpeg and _plain_jpeg(im, data):
+                    return Decoded(data=data, note="grayscale" if im.mode in _GRAY_MODES else "")
                 rgb, notes = _to_rgb(im)
                 image = np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
     except Image.DecompressionBombError:
@@ -74,6 +80,20 @@ def decode_image(data: bytes, size: int, max_pixels: int, max_bytes: int) -> Dec
     except Exception as e:  # noqa: BLE001 - any decoder failure is a property of the input
         return Decoded.rejected(TRUNCATED if "truncated" in str(e).lower() else CORRUPT)
     return Decoded(image=image, note="; ".join(notes))
+
+
+def _plain_jpeg(im: Image.Image, data: bytes) -> bool:
+    """An 8-bit RGB or grayscale JPEG, upright (no EXIF rotation) and complete (ends with EOI), from its header.
+
+    What nvJPEG decodes to the pixels Pillow gives (within IDCT rounding); CMYK, rotated, truncated or
+    trailing-data JPEGs are left to Pillow, so their notes and reasons are the CPU path's.
+    """
+    return (
+        im.format == "JPEG"
+        and im.mode in ("RGB", "L")
+        and im.getexif().get(0x0112, 1) == 1
+        and data.endswith(_JPEG_EOI)
+    )
 
 
 def _to_rgb(im: Image.Image) -> tuple[Image.Image, list[str]]:

@@ -26,15 +26,17 @@ DECODE_BATCH = 64  # rows per decode call: 64 x 224 x 224 x 3 bytes = 9.6 MB of 
 DECODE_CPUS = 0.5  # fractional, so small machines run several decode tasks at once
 
 
-def read_images(config: Config, inventory: Inventory) -> ray.data.Dataset:
+def read_images(config: Config, inventory: Inventory, defer_jpeg: bool = False) -> ray.data.Dataset:
     """One row per inventory row: sample_id, label, image, status ("ok"|"rejected"), reason, note.
 
     `image` is uint8 (image_size, image_size, 3), zeros for rejected rows. Any subset of an
     inventory works. Inputs over `max_file_bytes` by their listed size, and unlabeled inputs when
     `labeled`, are rejected without being read. Output order is not guaranteed: sort by sample_id
-    where order matters.
+    where order matters. With `defer_jpeg` (decode_device "cuda"), plain JPEGs are not decoded: their
+    rows are "ok" with a zero `image` and the encoded file in an extra `bytes` column (empty in every
+    other row), for the embed actor to decode on its device.
     """
-    table, limits, fs = inventory.table, _limits(config), storage.resolve(config.input)[0]
+    table, limits, fs = inventory.table, _limits(config, defer_jpeg), storage.resolve(config.input)[0]
     skip = pc.greater(table["nbytes"], config.max_file_bytes)
     if config.labeled:
         skip = pc.or_(skip, pc.less(table["label"], 0))
@@ -51,7 +53,7 @@ def read_images(config: Config, inventory: Inventory) -> ray.data.Dataset:
         listed = ray.data.from_arrow(skipped.select(["sample_id", "label", "nbytes"]))
         parts.append(listed.map_batches(_reject_listed, **_map_options(limits)))
     if not parts:
-        return ray.data.from_arrow(to_rows([], [], [], config.image_size))
+        return ray.data.from_arrow(to_rows([], [], [], config.image_size, defer_jpeg))
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
@@ -72,26 +74,35 @@ def read_input_bytes(config: Config, path: str) -> bytes:
     raise IndexError(f"no such row: {path}")
 
 
-def to_rows(sample_ids: Sequence[int], labels: Sequence[int], results: Sequence[Decoded], size: int) -> pa.Table:
-    """The output columns for one batch of decode results (zeros where rejected)."""
+def to_rows(
+    sample_ids: Sequence[int], labels: Sequence[int], results: Sequence[Decoded], size: int, with_bytes: bool = False
+) -> pa.Table:
+    """The output columns for one batch of decode results (zeros where not decoded) [, `bytes` of deferred JPEGs]."""
     image = np.zeros((len(results), size, size, 3), np.uint8)
     for i, r in enumerate(results):
-        if r.ok:
+        if r.image is not None:
             image[i] = r.image
-    return pa.table(
-        {
-            "sample_id": pa.array(sample_ids, pa.int64()),
-            "label": pa.array(labels, pa.int64()),
-            "image": ArrowTensorArray.from_numpy(image),
-            "status": pa.array(["ok" if r.ok else "rejected" for r in results], pa.string()),
-            "reason": pa.array([r.reason for r in results], pa.string()),
-            "note": pa.array([r.note for r in results], pa.string()),
-        }
-    )
+    columns = {
+        "sample_id": pa.array(sample_ids, pa.int64()),
+        "label": pa.array(labels, pa.int64()),
+        "image": ArrowTensorArray.from_numpy(image),
+        "status": pa.array(["ok" if r.ok else "rejected" for r in results], pa.string()),
+        "reason": pa.array([r.reason for r in results], pa.string()),
+        "note": pa.array([r.note for r in results], pa.string()),
+    }
+    if with_bytes:
+        columns["bytes"] = pa.array([r.data for r in results], pa.large_binary())
+    return pa.table(columns)
 
 
-def _limits(config: Config) -> dict[str, int]:
-    return {"size": config.image_size, "max_pixels": config.max_image_pixels, "max_bytes": config.max_file_bytes}
+def _limits(config: Config, defer_jpeg: bool) -> dict[str, int]:
+    """`decode_image`'s keyword arguments."""
+    return {
+        "size": config.image_size,
+        "max_pixels": config.max_image_pixels,
+        "max_bytes": config.max_file_bytes,
+        "defer_jpeg": defer_jpeg,
+    }
 
 
 def _map_options(limits: dict[str, int], **fn_kwargs) -> dict:
@@ -131,7 +142,7 @@ def _decode_files(
     if unknown.any():
         raise RuntimeError(f"the reader returned a path that is not in the listing: {batch['path'][unknown][0]}")
     results = [decode_image(blob, **limits) for blob in batch["bytes"]]
-    return to_rows(sample_ids[at], labels[at], results, limits["size"])
+    return to_rows(sample_ids[at], labels[at], results, limits["size"], limits["defer_jpeg"])
 
 
 def _reject_listed(batch: dict[str, np.ndarray], limits: dict[str, int]) -> pa.Table:
@@ -140,7 +151,7 @@ def _reject_listed(batch: dict[str, np.ndarray], limits: dict[str, int]) -> pa.T
         Decoded.rejected(too_large(n, limits["max_bytes"]) if n > limits["max_bytes"] else UNLABELED)
         for n in batch["nbytes"]
     ]
-    return to_rows(batch["sample_id"], batch["label"], results, limits["size"])
+    return to_rows(batch["sample_id"], batch["label"], results, limits["size"], limits["defer_jpeg"])
 
 
 def _read_parquet_rows(table: pa.Table, fs: pafs.FileSystem, column: str, limits: dict[str, int]) -> ray.data.Dataset:
@@ -182,5 +193,5 @@ def _decode_parquet_file(
                 if hi > lo:
                     blobs = image_bytes(batch.column(0)).take(pa.array(wanted[lo:hi] - start))
                     results = [decode_image(blob or b"", **limits) for blob in blobs.to_pylist()]
-                    yield to_rows(sample_ids[lo:hi], labels[lo:hi], results, limits["size"])
+                    yield to_rows(sample_ids[lo:hi], labels[lo:hi], results, limits["size"], limits["defer_jpeg"])
                 start += batch.num_rows

@@ -411,11 +411,11 @@ def bench_patches(args, config, inventory, clock, device) -> tuple[Table, object
     _, s = clock(forward_only, repeat=args.patch_repeat)
     t.add("cam_fwd", "bare forward (inference mode)", args.where, n, s)
     _, s = clock(cam, repeat=args.patch_repeat)
-    t.add("gradcam", "bare GradCAM++ forward+backward, parameters requiring grad (as PatchDropper)", args.where, n, s, "cam_fwd")
+    t.add("gradcam", "bare GradCAM++ forward+backward, parameters requiring grad", args.where, n, s, "cam_fwd")
     frozen_cams, s = clock(lambda: cam(frozen), repeat=args.patch_repeat)
+    same = torch.equal(bare(normalize(x_all[:b].to(device)), config.grid), frozen_cams[0])
     t.add("gradcam_frozen", "bare GradCAM++, model.requires_grad_(False): the ceiling", args.where, n, s, "cam_fwd",
-          note=lambda: f"CAMs equal: {torch.equal(bare(normalize(x_all[:b].to(device)), config.grid), frozen_cams[0])}")
-    del frozen_cams
+          note=f"CAMs equal: {same}")
     tables, s = clock(call, repeat=args.patch_repeat)
     t.add("dropper", "PatchDropper.__call__ (CAM, top-k, patchify, encode, Arrow)", args.where, n, s, "gradcam_frozen")
     from adq_ray.patches.codec import encode_patches

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adq_ray import storage
+from adq_ray import __version__, storage
 from adq_ray.config import Config
 from adq_ray.ingest import Inventory
 from adq_ray.tables import read_parquet, write_parquet
@@ -35,9 +35,11 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
 
 
 def fingerprint(config: Config, stage: str) -> str:
-    """Hash of the config fields that `stage` and every stage before it depend on."""
+    """Hash of the config fields that `stage` and every stage before it depend on, and of the version
+    of adq-ray (an upgrade never re-uses a cache written by other code)."""
     upto = STAGES[: STAGES.index(stage) + 1]
     values = {name: getattr(config, name) for s in upto for name in STAGE_FIELDS[s]}
+    values["adq_ray"] = __version__
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -11,7 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import ray  # noqa: E402
 
@@ -21,6 +22,7 @@ from adq_ray.cli import DEMO_CONFIG, demo_data, main  # noqa: E402
 def run(argv: list[str]) -> int:
     ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
     if not argv:
+        os.chdir(ROOT)  # the demo config's paths (data/, outputs/, ../shared/) are relative to the checkout
         demo_data(Path("data/cifar10"), per_class=100, test_per_class=100)
         argv = ["--config", str(DEMO_CONFIG)]
     return main(["compress", *argv])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
@@ -73,6 +74,7 @@ class Config:
 
     def __post_init__(self) -> None:
         _check_types(self)
+        _absolute_local_paths(self)
         _check(bool(self.input), "input must be a path or s3:// URL")
         _check(bool(self.output), "output must be a path or s3:// URL")
         _check(0.0 < self.rho <= 1.0, f"rho must be in (0, 1], got {self.rho}")
@@ -127,6 +129,19 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**values)
+
+
+_PATH_FIELDS = ("input", "output", "cache")
+_WEIGHT_FIELDS = ("backbone_weights", "contrastive_weights", "cam_weights")
+
+
+def _absolute_local_paths(config: Config) -> None:
+    """Local paths become absolute on the driver: Ray workers run in other working directories."""
+    for name in (*_PATH_FIELDS, *_WEIGHT_FIELDS):
+        value = getattr(config, name)
+        keyword = name in _WEIGHT_FIELDS and value in ("hub", "random")
+        if value and not keyword and "://" not in value:
+            object.__setattr__(config, name, os.path.abspath(os.path.expanduser(value)))
 
 
 def _check(ok: bool, message: str) -> None:

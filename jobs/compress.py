@@ -20,11 +20,11 @@ from adq_ray.cli import DEMO_CONFIG, demo_data, main  # noqa: E402
 
 
 def run(argv: list[str]) -> int:
-    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
     if not argv:
         os.chdir(ROOT)  # the demo config's paths (data/, outputs/, ../shared/) are relative to the checkout
         demo_data(Path("data/cifar10"), per_class=100, test_per_class=100)
         argv = ["--config", str(DEMO_CONFIG)]
+    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
     return main(["compress", *argv])
 
 

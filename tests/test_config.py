@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from adq_ray.cli import build_config, parser
@@ -8,7 +10,7 @@ def test_defaults_follow_the_spec():
     c = Config(input="in", output="out")
     assert (c.num_bins, c.alpha, c.mask_ratio, c.patch_size) == (10, 0.7, 0.2, 16)
     assert (c.grid, c.kept_patches) == (14, 156)
-    assert c.cache_uri == "out/_stages"
+    assert c.cache_uri == os.path.abspath("out") + "/_stages"
 
 
 @pytest.mark.parametrize(
@@ -32,6 +34,13 @@ def test_defaults_follow_the_spec():
 def test_bad_values_are_rejected_by_name(change, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         Config(**{"input": "in", "output": "out", **change})
+
+
+def test_local_paths_become_absolute_urls_and_keywords_stay(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    c = Config(input="data", output="s3://bucket/out", backbone_weights="w.pth", cam_weights="hub", contrastive_weights="random")
+    assert c.input == str(tmp_path / "data") and c.output == "s3://bucket/out"
+    assert c.backbone_weights == str(tmp_path / "w.pth") and (c.cam_weights, c.contrastive_weights) == ("hub", "random")
 
 
 def test_unknown_keys_are_named():

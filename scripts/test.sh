@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up, then run the test suite (slow tests excluded; `scripts/test.sh -m slow` runs them).
+# Set up, then run the test suite; arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -232,3 +232,15 @@ def test_cifar_subset(ray_session, tmp_path: Path) -> None:
     rows = _rows(read_images(config, inv))
     assert {r["status"] for r in rows.values()} == {"ok"}
     assert np.bincount([r["label"] for r in rows.values()]).tolist() == [34, 34, 34]
+
+
+def test_file_vanished_after_listing_is_rejected_not_fatal(ray_session, tmp_path: Path) -> None:
+    folder = write_image_folder(tmp_path / "images", classes=2, per_class=4, size=SIZE)
+    config = _config(str(folder))
+    inv = list_inputs(config)
+    gone = inv.table["path"][3].as_py()
+    Path(gone).unlink()
+    out = _rows(read_images(config, inv))
+    assert sorted(out) == list(range(8))
+    assert out[3]["status"] == "rejected" and out[3]["reason"].startswith("unreadable:")
+    assert all(out[i]["status"] == "ok" for i in range(8) if i != 3)

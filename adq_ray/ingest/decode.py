@@ -18,6 +18,7 @@ NOT_AN_IMAGE = "not an image / unknown format"
 TRUNCATED = "truncated image"
 CORRUPT = "corrupt image data"
 UNLABELED = "unlabeled"
+UNREADABLE = "unreadable"
 
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _JPEG_EOI = b"\xff\xd9"

@@ -7,17 +7,16 @@ flags override. Errors in values are reported as one line naming the field, with
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
 from adq_ray import storage
-from adq_ray.config import Config, ConfigError
+from adq_ray.config import Config, ConfigError, field_types
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "demo.yaml"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -26,15 +25,14 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 def _field_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per Config field; defaults are None so that only the given ones override the file."""
     group = parser.add_argument_group("config (see README 'Configuration')")
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        kind = eval(f.type, vars(sys.modules[Config.__module__])) if isinstance(f.type, str) else f.type  # noqa: S307
+    for name, kind in field_types().items():
+        flag = "--" + name.replace("_", "-")
         if kind is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
-        elif get_origin(kind) is not None and get_args(kind):
-            group.add_argument(flag, dest=f.name, choices=get_args(kind), default=None)
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+        elif get_origin(kind) is Literal:
+            group.add_argument(flag, dest=name, choices=get_args(kind), default=None)
         else:
-            group.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper())
+            group.add_argument(flag, dest=name, type=kind, default=None, metavar=name.upper())
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -45,7 +43,7 @@ def build_config(args: argparse.Namespace) -> Config:
         if not isinstance(loaded, dict):
             raise ConfigError(f"{args.config}: expected a mapping of config fields")
         values.update(loaded)
-    names = {f.name for f in dataclasses.fields(Config)}
+    names = field_types().keys()
     values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
     missing = [k for k in ("input", "output") if k not in values]
     if missing:

@@ -10,7 +10,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 Sampler = Literal["adq", "dq", "random"]
 Features = Literal["embedding", "gradient"]
@@ -149,12 +149,14 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def field_types() -> dict[str, Any]:
+    """Each Config field's annotation, resolved (Literal[...], int, float, bool or str)."""
+    return get_type_hints(Config)
+
+
 def _check_types(config: Config) -> None:
     """Check each field against its annotation (Literal choices, int/float/bool/str)."""
-    hints = {f.name: f.type for f in dataclasses.fields(config)}
-    namespace = {**globals()}
-    for name, hint in hints.items():
-        kind = eval(hint, namespace) if isinstance(hint, str) else hint  # noqa: S307 - our own annotations
+    for name, kind in field_types().items():
         value = getattr(config, name)
         if get_origin(kind) is Literal:
             choices = get_args(kind)

@@ -18,6 +18,7 @@ from adq_ray.config import Config
 from adq_ray.evaluate.compare import evaluate_arms, write_table
 from adq_ray.evaluate.train import Recipe
 from adq_ray.ingest import Inventory, list_inputs, read_images
+from adq_ray.layout import Layout
 from adq_ray.patches.reconstruct import read_reconstructed
 from adq_ray.pipeline import compress
 from adq_ray.write.summary import report
@@ -44,7 +45,7 @@ def evaluate_command(config: Config, args: argparse.Namespace) -> list[dict[str,
     """Compress with each sampler, train one classifier per arm (plus full data), write table, plot, report."""
     summaries = compressed_arms(config)
     mae, _, weights = args.mae.partition(":")
-    inventory = list_inputs(config)
+    inventory = Layout(config).load_inventory()  # listed once, by the arms' shared embed stage
     gpus = resources.gpus(config)
     arms = {"full": decoded(config, inventory)}
     meta: dict[str, dict[str, Any]] = {"full": {"sample_ratio": None, "storage_ratio": 1.0, "method": "full"}}

@@ -20,6 +20,11 @@ from adq_ray.ingest import Inventory
 from adq_ray.tables import read_parquet, write_parquet
 
 STAGES = ("embed", "bins", "select", "patches", "write")
+# File names inside the stage and output directories, shared by the stages that write them and `Layout`.
+EMBEDDINGS, INVENTORY, CLASSES = "embeddings", "inventory.parquet", "classes.json"
+BINS = "bins.parquet"
+SELECTION, BIN_TABLE = "selection.parquet", "bins.json"
+DATASET, MANIFEST, SUMMARY, CONFIG = "dataset", "manifest.parquet", "summary.json", "config.json"
 # Config fields each stage's output depends on (its own; a stage also depends on every earlier stage).
 STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "embed": (
@@ -57,40 +62,44 @@ class Layout:
 
     @property
     def embeddings(self) -> str:
-        return storage.join(self.stage("embed"), "embeddings")
+        return storage.join(self.stage("embed"), EMBEDDINGS)
 
     @property
     def inventory(self) -> str:
-        return storage.join(self.stage("embed"), "inventory.parquet")
+        return storage.join(self.stage("embed"), INVENTORY)
 
     @property
     def classes(self) -> str:
-        return storage.join(self.stage("embed"), "classes.json")
+        return storage.join(self.stage("embed"), CLASSES)
 
     @property
     def bins(self) -> str:
-        return storage.join(self.stage("bins"), "bins.parquet")
+        return storage.join(self.stage("bins"), BINS)
 
     @property
     def selection(self) -> str:
-        return storage.join(self.stage("select"), "selection.parquet")
+        return storage.join(self.stage("select"), SELECTION)
 
     @property
     def bin_table(self) -> str:
-        return storage.join(self.stage("select"), "bins.json")
+        return storage.join(self.stage("select"), BIN_TABLE)
 
     @property
     def dataset(self) -> str:
-        return self.output("dataset")
+        return self.output(DATASET)
 
     @property
     def manifest(self) -> str:
-        return self.output("manifest.parquet")
+        return self.output(MANIFEST)
+
+    @property
+    def summary(self) -> str:
+        return self.output(SUMMARY)
 
     def save_inventory(self, inventory: Inventory, directory: str) -> None:
         """Store the listing in a (staging) embed directory, where `load_inventory` finds it once committed."""
-        write_parquet(inventory.table, storage.join(directory, "inventory.parquet"))
-        storage.write_json(storage.join(directory, "classes.json"), inventory.classes)
+        write_parquet(inventory.table, storage.join(directory, INVENTORY))
+        storage.write_json(storage.join(directory, CLASSES), inventory.classes)
 
     def load_inventory(self, sample_ids: np.ndarray | None = None) -> Inventory:
         """The cached listing of the inputs, or the part of it with the given sample ids."""

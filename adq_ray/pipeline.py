@@ -25,7 +25,7 @@ from adq_ray.config import Config
 from adq_ray.embed.actor import Embedder
 from adq_ray.embed.store import read_embeddings
 from adq_ray.ingest import list_inputs, read_images
-from adq_ray.layout import STAGES, Layout, fingerprint
+from adq_ray.layout import BIN_TABLE, BINS, CONFIG, EMBEDDINGS, SELECTION, STAGES, Layout, fingerprint
 from adq_ray.patches.dropper import PatchDropper
 from adq_ray.quotas import select
 from adq_ray.resources import actor_options, gpus
@@ -103,7 +103,7 @@ def embed_stage(config: Config, out: str) -> None:
         batch_size=config.batch_size,
         **actor_options(config),
     )
-    _write_dataset(ds, storage.join(out, "embeddings"), partition_cols=["label"])
+    _write_dataset(ds, storage.join(out, EMBEDDINGS), partition_cols=["label"])
 
 
 def bins_stage(config: Config, out: str) -> None:
@@ -123,7 +123,7 @@ def bins_stage(config: Config, out: str) -> None:
             "lower num_bins or leave those classes out (the embeddings are cached, so only binning re-runs)"
         )
     bins = run_bins(layout.embeddings, class_sizes, config.num_bins, config.max_group, config.features, config.seed, gpus(config))
-    write_parquet(bins, storage.join(out, "bins.parquet"))
+    write_parquet(bins, storage.join(out, BINS))
 
 
 def select_stage(config: Config, out: str) -> None:
@@ -145,8 +145,8 @@ def select_stage(config: Config, out: str) -> None:
         seed=config.seed,
     )
     table = pa.table({"sample_id": bins["sample_id"], "selected": pa.array(selection.selected.numpy())})
-    write_parquet(table, storage.join(out, "selection.parquet"))
-    storage.write_json(storage.join(out, "bins.json"), selection.table())
+    write_parquet(table, storage.join(out, SELECTION))
+    storage.write_json(storage.join(out, BIN_TABLE), selection.table())
 
 
 def _tensor(column: pa.ChunkedArray) -> torch.Tensor:
@@ -179,8 +179,8 @@ def write_stage(run: Run) -> dict[str, object]:
     bin_table = storage.read_json(layout.bin_table)
     run.stages["write"] = {"reused": False, "seconds": round(time.perf_counter() - start, 3)}
     summary = summarize.summary(config, manifest, bin_table, run.stages)
-    storage.write_json(layout.output("summary.json"), summary)
-    storage.write_bytes(layout.output("config.json"), config.to_json().encode())
+    storage.write_json(layout.summary, summary)
+    storage.write_bytes(layout.output(CONFIG), config.to_json().encode())
     summarize.report(config)
     storage.write_json(layout.output(storage.SUCCESS), {"fingerprint": fingerprint(config, "write")})
     return summary

@@ -14,7 +14,7 @@ from adq_ray.config import Config
 from adq_ray.embed.texture import texture_level
 from adq_ray.embed.views import two_views
 from adq_ray.ingest.decode import decode_image
-from adq_ray.models import create_model, normalize, select_device
+from adq_ray.models import create_model, normalize, resize, select_device
 from adq_ray.tables import fixed_size_list
 
 
@@ -36,7 +36,7 @@ def decode_jpegs(blobs: Sequence[bytes], size: int, device: torch.device) -> lis
         images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
         images = [_decode_one(jpeg, device) for jpeg in data]
-    return [None if image is None else _resize(image, size) for image in images]
+    return [None if image is None else resize(image[None], size)[0] for image in images]
 
 
 def _decode_one(jpeg: torch.Tensor, device: torch.device) -> torch.Tensor | None:
@@ -45,12 +45,6 @@ def _decode_one(jpeg: torch.Tensor, device: torch.device) -> torch.Tensor | None
         return decode_jpeg(jpeg, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
         return None
-
-
-def _resize(image: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 (3, H, W) -> (3, size, size): antialiased bilinear (Pillow's filter when shrinking), rounded."""
-    x = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x[0].round().clamp(0, 255).to(torch.uint8)
 
 
 class Embedder:

@@ -32,27 +32,22 @@ def decoded(config: Config, inventory: Inventory) -> ray.data.Dataset:
     return ds.filter(expr="status == 'ok'").select_columns(["image", "label"])
 
 
-def compressed_arms(config: Config) -> dict[str, dict[str, Any]]:
-    """Run the pipeline once per sampler into `<output>/<sampler>`; returns each run's summary."""
-    cache = config.cache_uri
-    return {
-        sampler: compress(config.replace(sampler=sampler, output=storage.join(config.output, sampler), cache=cache))
-        for sampler in SAMPLERS
-    }
+def arm(config: Config, sampler: str) -> Config:
+    """The config of one compressed arm: `<output>/<sampler>`, sharing the stage cache of `config`."""
+    return config.replace(sampler=sampler, output=storage.join(config.output, sampler), cache=config.cache_uri)
 
 
 def evaluate_command(config: Config, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Compress with each sampler, train one classifier per arm (plus full data), write table, plot, report."""
-    summaries = compressed_arms(config)
+    summaries = {sampler: compress(arm(config, sampler)) for sampler in SAMPLERS}
     mae, _, weights = args.mae.partition(":")
     inventory = Layout(config).load_inventory()  # listed once, by the arms' shared embed stage
     gpus = resources.gpus(config)
     arms = {"full": decoded(config, inventory)}
     meta: dict[str, dict[str, Any]] = {"full": {"sample_ratio": None, "storage_ratio": 1.0, "method": "full"}}
     for sampler, summary in summaries.items():
-        dataset = storage.join(config.output, sampler, "dataset")
         arms[sampler] = read_reconstructed(
-            dataset, mae=mae or None, mae_weights=weights or "hub", device=config.device, num_gpus=float(bool(gpus and mae))
+            Layout(arm(config, sampler)).dataset, mae=mae or None, mae_weights=weights or "hub", device=config.device, num_gpus=float(bool(gpus and mae))
         )
         meta[sampler] = {"method": sampler, **{k: summary[k] for k in ("sample_ratio", "data_keep_ratio", "storage_ratio")}}
     test_config = config.replace(input=args.test)
@@ -65,6 +60,5 @@ def evaluate_command(config: Config, args: argparse.Namespace) -> list[dict[str,
         storage_path=runs if storage.is_remote(runs) else storage.resolve(runs)[1],
     )  # fmt: skip
     write_table(rows, storage.join(config.output, "evaluation"))
-    adq = config.replace(sampler="adq", output=storage.join(config.output, "adq"), cache=config.cache_uri)
-    report(adq, eval_rows=rows)
+    report(arm(config, "adq"), eval_rows=rows)
     return rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from adq_ray.models import cifar_resnet  # noqa: F401 - registers cifar_resnet* with timm
@@ -61,6 +62,12 @@ def normalize(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tor
     m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> uint8 (B, 3, size, size): antialiased bilinear (Pillow's filter when shrinking), rounded."""
+    x = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8)
 
 
 def select_device(device: str = "auto") -> torch.device:

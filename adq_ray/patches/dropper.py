@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.nn.functional as F
 
 from adq_ray.config import Config
-from adq_ray.models import create_model, normalize, select_device
+from adq_ray.models import create_model, normalize, resize, select_device
 from adq_ray.patches.codec import dataset_schema, encode_patches
 from adq_ray.patches.gradcam import GradCAMPlusPlus
 from adq_ray.patches.grid import patchify, top_patches
@@ -44,8 +43,7 @@ class PatchDropper:
         size = self.config.cam_image_size
         if not size or size == x.shape[-1]:
             return x
-        resized = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return resized.round().clamp(0, 255).to(torch.uint8)
+        return resize(x, size)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         cfg = self.config

@@ -69,7 +69,7 @@ def report(config: Config, eval_rows: list[dict] | None = None) -> str:
         overlays = [(i.permute(1, 2, 0).numpy(), k.reshape(grid).numpy()) for i, k in zip(images, keep)]
     return write_report(
         layout.output("report"),
-        summary=storage.read_json(layout.output("summary.json")),
+        summary=storage.read_json(layout.summary),
         bin_table=storage.read_json(layout.bin_table),
         samples_per_bin={b: [image_of[i] for i in ids if i in image_of] for b, ids in shown.items()},
         overlays=overlays,

@@ -7,6 +7,7 @@ flags override. Errors in values are reported as one line naming the field, with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -16,7 +17,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from adq_ray import storage
-from adq_ray.config import Config, ConfigError, field_types
+from adq_ray.config import Config, ConfigError, field_help, field_types
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "demo.yaml"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -25,14 +26,17 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 def _field_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per Config field; defaults are None so that only the given ones override the file."""
     group = parser.add_argument_group("config (see README 'Configuration')")
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
     for name, kind in field_types().items():
         flag = "--" + name.replace("_", "-")
+        shown = defaults[name] if defaults[name] != "" else "none"
+        text = f"{field_help(name)} (default: {shown})".replace("%", "%%")
         if kind is bool:
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif get_origin(kind) is Literal:
-            group.add_argument(flag, dest=name, choices=get_args(kind), default=None)
+            group.add_argument(flag, dest=name, choices=get_args(kind), default=None, help=text)
         else:
-            group.add_argument(flag, dest=name, type=kind, default=None, metavar=name.upper())
+            group.add_argument(flag, dest=name, type=kind, default=None, metavar=name.upper(), help=text)
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -71,7 +75,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default="resnet18_cifar")
     e.add_argument("--train-batch-size", type=int, default=128)
     e.add_argument("--workers", type=int, default=1)
-    e.add_argument("--mae", default="", help="MAE arch:weights (e.g. mae_vit_large_patch16:s3://b/mae.pth); empty = mean fill")
+    e.add_argument(
+        "--mae", default="", help="MAE arch:weights (e.g. mae_vit_large_patch16:s3://b/mae.pth); empty = mean fill"
+    )
     _field_flags(e)
     d = sub.add_parser("demo-data", help="extract the embedded default dataset (a CIFAR-10 subset) from ../shared")
     d.add_argument("--dest", default="data/cifar10")
@@ -86,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("adq_ray").setLevel(logging.INFO)
     try:
         if args.command == "demo-data":
-            print(json.dumps({k: str(v) for k, v in demo_data(Path(args.dest), args.per_class, args.test_per_class).items()}))
+            print(
+                json.dumps(
+                    {k: str(v) for k, v in demo_data(Path(args.dest), args.per_class, args.test_per_class).items()}
+                )
+            )
             return 0
         config = build_config(args)
     except (ConfigError, FileNotFoundError) as err:

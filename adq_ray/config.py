@@ -25,52 +25,65 @@ class ConfigError(ValueError):
     """A configuration value is out of range or of the wrong kind."""
 
 
+Stage = Literal["embed", "bins", "select", "patches"]
+
+
+def option(default: Any, stage: Stage | None, help: str) -> Any:
+    """A Config field with its cache key and help line declared together.
+
+    `stage` is the first stage whose output the field changes (it joins that stage's fingerprint and,
+    through it, every later one); None means the field changes no output (a location or a throughput knob).
+    """
+    return dataclasses.field(default=default, metadata={"stage": stage, "help": help})
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything one compression run needs; see README "Configuration" for each field."""
 
-    input: str
-    output: str
-    cache: str = ""
-    input_format: InputFormat = "auto"
-    labeled: bool = True
-    image_column: str = "image"
-    label_column: str = "label"
+    # Where: the input, the output and the stage cache (`cache` is a location, never a cache key).
+    input: str = option("", "embed", "ImageFolder directory or s3:// prefix (<class>/<file>), or Parquet file/prefix")
+    output: str = option("", None, "output directory or s3:// prefix")
+    cache: str = option("", None, "where stage checkpoints live (default <output>/_stages); share it to re-use stages")
+    input_format: InputFormat = option("auto", "embed", "imagefolder, parquet, or auto (Parquet when every file is)")
+    labeled: bool = option(True, "embed", "false: the whole input is one class (an unlabeled dataset)")
+    image_column: str = option("image", "embed", "Parquet input: the image column (binary or {bytes} struct)")
+    label_column: str = option("label", "embed", "Parquet input: the label column (int or string)")
     # Stage 1: embed and score.
-    image_size: int = 224
-    backbone: str = "resnet18"
-    backbone_weights: str = "hub"
-    features: Features = "embedding"
-    contrastive: str = ""
-    contrastive_weights: str = "hub"
-    batch_size: int = 64
-    decode_device: DecodeDevice = "cpu"
+    image_size: int = option(224, "embed", "side of the square image fed to the embedding and contrastive models")
+    backbone: str = option("resnet18", "embed", "timm model (or cifar_resnet20/56) for the bin embedding")
+    backbone_weights: str = option("hub", "embed", "backbone weights: hub (downloads), random, a path or s3:// URL")
+    features: Features = option("embedding", "embed", "embedding, or gradient (DQ's last-layer gradient features)")
+    contrastive: str = option("", "embed", "encoder of the two augmented views; empty = the backbone, identity head")
+    contrastive_weights: str = option("hub", "embed", "contrastive encoder weights: hub, random, a path or s3:// URL")
+    batch_size: int = option(64, None, "rows per actor call (a throughput knob: results do not depend on it)")
+    decode_device: DecodeDevice = option("cpu", "embed", "cuda: decode plain JPEGs with nvJPEG in the embed actors")
     # Stage 2: bins.
-    num_bins: int = 10
-    max_group: int = 20_000
+    num_bins: int = option(10, "bins", "N, the number of bins per class")
+    max_group: int = option(20_000, "bins", "classes larger than this are split by spherical k-means before binning")
     # Stage 3: quotas.
-    rho: float = 0.1
-    alpha: float = 0.7
-    sampler: Sampler = "adq"
-    seed: int = 0
+    rho: float = option(0.1, "select", "sample ratio: one global budget B = floor(rho |D| + 0.5)")
+    alpha: float = option(0.7, "select", "adaptivity weight; 0 = DQ's proportional sampling")
+    sampler: Sampler = option("adq", "select", "adq, dq (DQ's per-cell rounding) or random")
+    seed: int = option(0, "embed", "seeds the views, the gradient head and every draw")
     # Stage 4: patches.
-    patch_image_size: int = 224
-    mask_ratio: float = 0.2
-    patch_size: int = 16
-    cam_model: str = "resnet18"
-    cam_weights: str = "hub"
-    cam_layer: str = "layer4"
-    cam_image_size: int = 0
-    codec: Codec = "jpeg"
-    jpeg_quality: int = 90
+    patch_image_size: int = option(224, "patches", "side of the image cut into patches (the MAE's input size)")
+    mask_ratio: float = option(0.2, "patches", "fraction of patches dropped: keeps floor(grid^2 (1 - mask_ratio))")
+    patch_size: int = option(16, "patches", "patch side in pixels; grid = patch_image_size / patch_size")
+    cam_model: str = option("resnet18", "patches", "GradCAM++ network (timm name or cifar_resnet20/56)")
+    cam_weights: str = option("hub", "patches", "CAM network weights: hub, random, a path or s3:// URL")
+    cam_layer: str = option("layer4", "patches", "the CAM network's layer whose maps GradCAM++ weighs")
+    cam_image_size: int = option(0, "patches", "resolution the CAM network sees (0 = patch_image_size)")
+    codec: Codec = option("jpeg", "patches", "kept-patch encoding: jpeg, or lossless png / raw")
+    jpeg_quality: int = option(90, "patches", "JPEG quality of the kept patches (codec jpeg)")
     # Input limits: larger files or images are rejected, not decoded.
-    max_file_bytes: int = 64 * 2**20
-    max_image_pixels: int = 89_478_485
+    max_file_bytes: int = option(64 * 2**20, "embed", "larger files are rejected unread")
+    max_image_pixels: int = option(89_478_485, "embed", "larger images are rejected from their header")
     # Resources.
-    device: Device = "auto"
-    precision: Precision = "auto"
-    num_actors: int = 0
-    cpus_per_actor: float = 0.5
+    device: Device = option("auto", "embed", "cpu or cuda (auto: cuda when the cluster has GPUs)")
+    precision: Precision = option("auto", "embed", "fp32 or bf16 (auto: bf16 autocast on CUDA)")
+    num_actors: int = option(0, None, "actor pool size (0 = one per GPU, else one per CPU); throughput only")
+    cpus_per_actor: float = option(0.5, None, "CPU share of each CPU actor; throughput only")
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -81,7 +94,9 @@ class Config:
         _check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
         _check(0.0 <= self.mask_ratio < 1.0, f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         _check(self.num_bins >= 1, f"num_bins must be >= 1, got {self.num_bins}")
-        _check(self.max_group >= self.num_bins, f"max_group must be >= num_bins ({self.num_bins}), got {self.max_group}")
+        _check(
+            self.max_group >= self.num_bins, f"max_group must be >= num_bins ({self.num_bins}), got {self.max_group}"
+        )
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.patch_size >= 1, f"patch_size must be >= 1, got {self.patch_size}")
         _check(self.image_size >= 8, f"image_size must be >= 8, got {self.image_size}")
@@ -89,7 +104,9 @@ class Config:
             self.patch_image_size >= self.patch_size and self.patch_image_size % self.patch_size == 0,
             f"patch_image_size ({self.patch_image_size}) must be a positive multiple of patch_size ({self.patch_size})",
         )
-        _check(self.cam_image_size >= 0, f"cam_image_size must be >= 0 (0 = patch_image_size), got {self.cam_image_size}")
+        _check(
+            self.cam_image_size >= 0, f"cam_image_size must be >= 0 (0 = patch_image_size), got {self.cam_image_size}"
+        )
         _check(1 <= self.jpeg_quality <= 100, f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
         _check(self.max_file_bytes > 0, "max_file_bytes must be > 0")
         _check(self.max_image_pixels > 0, "max_image_pixels must be > 0")
@@ -111,7 +128,7 @@ class Config:
         """Where stage checkpoints live: `cache`, or `<output>/_stages`."""
         return self.cache or self.output.rstrip("/") + "/_stages"
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
@@ -122,7 +139,7 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Config":
+    def from_dict(cls, values: dict[str, Any]) -> Config:
         """Build from a mapping (YAML/JSON file, CLI), rejecting unknown keys by name."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
@@ -131,6 +148,7 @@ class Config:
         return cls(**values)
 
 
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _PATH_FIELDS = ("input", "output", "cache")
 _WEIGHT_FIELDS = ("backbone_weights", "contrastive_weights", "cam_weights")
 
@@ -147,6 +165,16 @@ def _absolute_local_paths(config: Config) -> None:
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def field_stage(name: str) -> str | None:
+    """The stage whose fingerprint a Config field joins (None: it changes no output)."""
+    return _FIELDS[name].metadata["stage"]
+
+
+def field_help(name: str) -> str:
+    """The one-line help of a Config field (CLI --help and README)."""
+    return _FIELDS[name].metadata["help"]
 
 
 def field_types() -> dict[str, Any]:

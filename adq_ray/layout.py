@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from adq_ray import __version__, storage
-from adq_ray.config import Config
+from adq_ray.config import Config, field_stage, field_types
 from adq_ray.ingest import Inventory
 from adq_ray.tables import read_parquet, write_parquet
 
@@ -25,18 +25,11 @@ EMBEDDINGS, INVENTORY, CLASSES = "embeddings", "inventory.parquet", "classes.jso
 BINS = "bins.parquet"
 SELECTION, BIN_TABLE = "selection.parquet", "bins.json"
 DATASET, MANIFEST, SUMMARY, CONFIG = "dataset", "manifest.parquet", "summary.json", "config.json"
-# Config fields each stage's output depends on (its own; a stage also depends on every earlier stage).
+# Config fields each stage's output depends on (its own; a stage also depends on every earlier stage),
+# declared with the fields themselves (`config.option(default, stage, help)`).
 STAGE_FIELDS: dict[str, tuple[str, ...]] = {
-    "embed": (
-        "input", "input_format", "labeled", "image_column", "label_column", "image_size", "backbone",
-        "backbone_weights", "features", "contrastive", "contrastive_weights", "seed", "max_file_bytes",
-        "max_image_pixels", "decode_device",
-    ),
-    "bins": ("num_bins", "max_group"),
-    "select": ("rho", "alpha", "sampler"),
-    "patches": ("patch_image_size", "mask_ratio", "patch_size", "cam_model", "cam_weights", "cam_layer", "cam_image_size", "codec", "jpeg_quality"),
-    "write": (),
-}  # fmt: skip
+    stage: tuple(name for name in field_types() if field_stage(name) == stage) for stage in STAGES
+}
 
 
 def fingerprint(config: Config, stage: str) -> str:

@@ -50,7 +50,10 @@ class Run:
     def stage(self, name: str, directory: str, body: Callable[[str], None]) -> None:
         """Run `body(staging_dir)` and commit it to `directory`, unless a committed copy already exists."""
         key = fingerprint(self.config, name)
-        if storage.is_committed(directory) and storage.read_json(storage.join(directory, storage.SUCCESS)).get("fingerprint") == key:
+        if (
+            storage.is_committed(directory)
+            and storage.read_json(storage.join(directory, storage.SUCCESS)).get("fingerprint") == key
+        ):
             log.info("stage %s: re-using %s", name, directory)
             self.stages[name] = {"reused": True, "seconds": 0.0, "path": directory}
             return
@@ -122,7 +125,9 @@ def bins_stage(config: Config, out: str) -> None:
             f"{len(small)} class(es) have fewer readable images than num_bins={config.num_bins}: {listed}; "
             "lower num_bins or leave those classes out (the embeddings are cached, so only binning re-runs)"
         )
-    bins = run_bins(layout.embeddings, class_sizes, config.num_bins, config.max_group, config.features, config.seed, gpus(config))
+    bins = run_bins(
+        layout.embeddings, class_sizes, config.num_bins, config.max_group, config.features, config.seed, gpus(config)
+    )
     write_parquet(bins, storage.join(out, BINS))
 
 

@@ -77,9 +77,7 @@ def total_bytes(uri: str) -> int:
     """Bytes of all files under a directory (bookkeeping files starting with '_' or '.' excluded)."""
     fs, path = resolve(uri)
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-    return sum(
-        i.size for i in infos if i.type == pafs.FileType.File and not i.base_name.startswith(("_", "."))
-    )
+    return sum(i.size for i in infos if i.type == pafs.FileType.File and not i.base_name.startswith(("_", ".")))
 
 
 def is_committed(uri: str) -> bool:
@@ -110,7 +108,7 @@ def commit(staging: str, final: str, meta: dict[str, Any] | None = None) -> None
         selector = pafs.FileSelector(src, recursive=True)
         for info in fs.get_file_info(selector):
             if info.type == pafs.FileType.File:
-                fs.copy_file(info.path, dst + info.path[len(src):])
+                fs.copy_file(info.path, dst + info.path[len(src) :])
         fs.delete_dir(src)
     write_json(join(final, SUCCESS), meta or {})
 

@@ -24,7 +24,9 @@ from adq_ray.bins import assign_bins, bin_sizes  # noqa: E402
 IMAGENET_CLASSES, IMAGENET_PER_CLASS, IMAGENET_DIM = 1000, 1300, 512
 
 
-def _features(classes: int, per_class: int, dim: int, seed: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def _features(
+    classes: int, per_class: int, dim: int, seed: int, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator(device=device).manual_seed(seed)
     x = torch.randn(classes * per_class, dim, generator=g, device=device)
     labels = torch.arange(classes, device=device).repeat_interleave(per_class)
@@ -64,7 +66,11 @@ def imagenet_row(classes: int, device: str) -> str:
     expected = bin_sizes(torch.tensor([IMAGENET_PER_CLASS]), 10)[0] * classes
     assert torch.equal(torch.bincount(bins.bin.cpu(), minlength=10), expected), "bins do not follow m_k"
     full = seconds * IMAGENET_CLASSES / classes
-    how = "measured" if classes == IMAGENET_CLASSES else f"{classes} classes measured, x{IMAGENET_CLASSES / classes:g} linear"
+    how = (
+        "measured"
+        if classes == IMAGENET_CLASSES
+        else f"{classes} classes measured, x{IMAGENET_CLASSES / classes:g} linear"
+    )
     return (
         f"| ImageNet-1K shape, {IMAGENET_CLASSES} x {IMAGENET_PER_CLASS}, {IMAGENET_DIM}-d, fp32 | {device} | "
         f"{full:.1f} s ({how}: {seconds:.1f} s) | {IMAGENET_CLASSES * IMAGENET_PER_CLASS / full:,.0f} samples/s |"

@@ -87,7 +87,9 @@ class Table:
         self.times: dict[str, tuple[float, int]] = {}
         self.cpu_times: dict[str, float] = {}
 
-    def add(self, key: str, what: str, where: str, n: int, seconds: float, ceiling: str | None = None, note: str = "") -> None:
+    def add(
+        self, key: str, what: str, where: str, n: int, seconds: float, ceiling: str | None = None, note: str = ""
+    ) -> None:
         self.times[key] = (seconds, n)
         ratio = ""
         if ceiling is not None and ceiling in self.times:
@@ -100,7 +102,9 @@ class Table:
             self.cpu_times[key] = self.clock.cpu / n
             if ceiling in self.cpu_times:
                 ratio += f" (CPU {self.cpu_times[key] / self.cpu_times[ceiling]:.2f}x)"
-        self.rows.append(f"| `{key}` {what} | {where} | {n:,} | {seconds:.3f} | {n / seconds:,.0f} | {cpu} | {ratio} | {note} |")
+        self.rows.append(
+            f"| `{key}` {what} | {where} | {n:,} | {seconds:.3f} | {n / seconds:,.0f} | {cpu} | {ratio} | {note} |"
+        )
         print(self.rows[-1], flush=True)
 
     def ratio(self, key: str, ceiling: str) -> float:
@@ -113,7 +117,9 @@ class Table:
 
     def header(self) -> None:
         print(f"\n### {self.title}\n")
-        print("| measurement | device / workers | images | wall s | images/s | CPU ms/image | ratio per image: wall (CPU) | notes |")
+        print(
+            "| measurement | device / workers | images | wall s | images/s | CPU ms/image | ratio per image: wall (CPU) | notes |"
+        )
         print("|---|---|---|---|---|---|---|---|", flush=True)
 
 
@@ -235,7 +241,14 @@ def marginal(t: Table, key: str, run: Callable, inventory, clock, small: int, ce
     sub = inventory.subset(ids[np.linspace(0, n - 1, small).astype(int)])
     _, fixed = clock(lambda: run(sub), repeat=2)
     t.add(f"{key}_fixed", f"  fixed cost: the same with {small} images", "", small, fixed)
-    t.add(f"{key}_marginal", "  marginal: (full - fixed) over the extra images", "", n - small, max(total - fixed, 1e-9), ceiling)
+    t.add(
+        f"{key}_marginal",
+        "  marginal: (full - fixed) over the extra images",
+        "",
+        n - small,
+        max(total - fixed, 1e-9),
+        ceiling,
+    )
 
 
 def bench_ingest(args, config, inventory, blobs, proxy, clock, device) -> tuple[Table, np.ndarray]:
@@ -244,18 +257,47 @@ def bench_ingest(args, config, inventory, blobs, proxy, clock, device) -> tuple[
     n, size = len(blobs), config.image_size
     decoded, s = clock(lambda: np.stack([pil_decode_resize(b, size) for b in blobs]), repeat=2)
     t.add("pil", "PIL decode+resize, plain loop (ceiling per core)", "cpu, 1 core", n, s)
-    t.add("pil_x_cores", f"= ceiling for the machine, ideal x{args.num_cpus} cores", f"cpu, {args.num_cpus} cores", n, s / args.num_cpus)
-    _, s = clock(lambda: [decode_image(b, size, config.max_image_pixels, config.max_file_bytes) for b in blobs], repeat=2)
+    t.add(
+        "pil_x_cores",
+        f"= ceiling for the machine, ideal x{args.num_cpus} cores",
+        f"cpu, {args.num_cpus} cores",
+        n,
+        s / args.num_cpus,
+    )
+    _, s = clock(
+        lambda: [decode_image(b, size, config.max_image_pixels, config.max_file_bytes) for b in blobs], repeat=2
+    )
     t.add("decode_image", "our validated decode, plain loop", "cpu, 1 core", n, s, "pil")
     if args.ray:
         count, s_cold = clock(lambda: read_images(config, inventory).materialize().count())
         assert count == n
-        t.add("ray_read_cold", "Ray read_images().materialize(), first run", f"Ray, {args.num_cpus} CPUs", n, s_cold, "pil_x_cores")
+        t.add(
+            "ray_read_cold",
+            "Ray read_images().materialize(), first run",
+            f"Ray, {args.num_cpus} CPUs",
+            n,
+            s_cold,
+            "pil_x_cores",
+        )
         _, s = clock(lambda: read_images(config, inventory).materialize().count(), repeat=2)
-        t.add("ray_read", "Ray read_images().materialize(), warm", f"Ray, {args.num_cpus} CPUs", n, s, "pil_x_cores",
-              note=lambda: f"{t.ratio('ray_read', 'pil'):.2f}x the 1-core loop")
-        marginal(t, "ray_read", lambda inv: read_images(config, inv).materialize().count(), inventory, clock,
-                 config.batch_size, "pil_x_cores")
+        t.add(
+            "ray_read",
+            "Ray read_images().materialize(), warm",
+            f"Ray, {args.num_cpus} CPUs",
+            n,
+            s,
+            "pil_x_cores",
+            note=lambda: f"{t.ratio('ray_read', 'pil'):.2f}x the 1-core loop",
+        )
+        marginal(
+            t,
+            "ray_read",
+            lambda inv: read_images(config, inv).materialize().count(),
+            inventory,
+            clock,
+            config.batch_size,
+            "pil_x_cores",
+        )
     if device.type == "cuda":
         nvjpeg_decode_resize(blobs[: config.batch_size], size, config.batch_size)  # warm-up
         _, s = clock(lambda: nvjpeg_decode_resize(blobs, size, config.batch_size), repeat=2)
@@ -267,9 +309,17 @@ def bench_ingest(args, config, inventory, blobs, proxy, clock, device) -> tuple[
         m = len(proxy)
         kb = sum(map(len, proxy)) / m / 1024
         _, s = clock(lambda: [pil_decode_resize(b, 224) for b in proxy], repeat=2)
-        t.add("pil_500x375", f"PIL decode 500x375 JPEG ({kb:.0f} KB avg) + resize to 224, plain loop", "cpu, 1 core", m, s,
-              note="ImageNet-shaped proxy, for the scaling model")
-        _, s = clock(lambda: [decode_image(b, 224, config.max_image_pixels, config.max_file_bytes) for b in proxy], repeat=2)
+        t.add(
+            "pil_500x375",
+            f"PIL decode 500x375 JPEG ({kb:.0f} KB avg) + resize to 224, plain loop",
+            "cpu, 1 core",
+            m,
+            s,
+            note="ImageNet-shaped proxy, for the scaling model",
+        )
+        _, s = clock(
+            lambda: [decode_image(b, 224, config.max_image_pixels, config.max_file_bytes) for b in proxy], repeat=2
+        )
         t.add("decode_image_500x375", "our validated decode, same proxy files", "cpu, 1 core", m, s, "pil_500x375")
         t.times["pil_500x375_x_cores"] = (t.times["pil_500x375"][0] / args.num_cpus, m)
         if args.ray:
@@ -282,8 +332,15 @@ def bench_ingest(args, config, inventory, blobs, proxy, clock, device) -> tuple[
             proxy_inventory = list_inputs(big)
             read_images(big, proxy_inventory).materialize()  # warm-up
             _, s = clock(lambda: read_images(big, proxy_inventory).materialize().count(), repeat=2)
-            t.add("ray_read_500x375", "Ray read_images(224).materialize(), same proxy files", f"Ray, {args.num_cpus} CPUs", m, s,
-                  "pil_500x375_x_cores", note=lambda: f"{t.ratio('ray_read_500x375', 'pil_500x375'):.2f}x the 1-core loop")
+            t.add(
+                "ray_read_500x375",
+                "Ray read_images(224).materialize(), same proxy files",
+                f"Ray, {args.num_cpus} CPUs",
+                m,
+                s,
+                "pil_500x375_x_cores",
+                note=lambda: f"{t.ratio('ray_read_500x375', 'pil_500x375'):.2f}x the 1-core loop",
+            )
         if device.type == "cuda":
             nvjpeg_decode_resize(proxy[: config.batch_size], 224, config.batch_size)
             _, s = clock(lambda: nvjpeg_decode_resize(proxy, 224, config.batch_size), repeat=2)
@@ -292,7 +349,9 @@ def bench_ingest(args, config, inventory, blobs, proxy, clock, device) -> tuple[
 
 
 def bench_embed(args, config, inventory, decoded, clock, device, decode_table: Table) -> Table:
-    t = Table(f"Embed + score ({config.backbone} @ {config.image_size}, batch {config.batch_size}, {args.precision_label})")
+    t = Table(
+        f"Embed + score ({config.backbone} @ {config.image_size}, batch {config.batch_size}, {args.precision_label})"
+    )
     t.header()
     n, b = len(decoded), config.batch_size
     images = torch.from_numpy(decoded).permute(0, 3, 1, 2).contiguous()
@@ -334,8 +393,15 @@ def bench_embed(args, config, inventory, decoded, clock, device, decode_table: T
     _, s = clock(lambda: bare(-3), repeat=args.repeat)
     t.add("fwd3_fused", "bare, 3 forwards/image as one 3B batch", args.where, n, s, "fwd3")
     _, s = clock(on_device(emb.embed), repeat=args.repeat)
-    t.add("embed", "Embedder.embed on decoded tensors", args.where, n, s, "fwd3",
-          note=lambda: f"{t.ratio('embed', 'fwd1'):.2f}x `fwd1`")
+    t.add(
+        "embed",
+        "Embedder.embed on decoded tensors",
+        args.where,
+        n,
+        s,
+        "fwd3",
+        note=lambda: f"{t.ratio('embed', 'fwd1'):.2f}x `fwd1`",
+    )
     _, s = clock(on_device(lambda x, i: texture_level(x.float() / 255)), repeat=args.repeat)
     t.add("texture", "  of which: texture level (Sobel)", args.where, n, s, "fwd3")
     _, s = clock(on_device(lambda x, i: two_views(x.float() / 255, i, config.seed)), repeat=args.repeat)
@@ -344,8 +410,14 @@ def bench_embed(args, config, inventory, decoded, clock, device, decode_table: T
     t.add("embed_fwd", "  of which: embedding forward (B)", args.where, n, s, "fwd3")
     _, s = clock(on_device(pooled_views), repeat=args.repeat)
     t.add("views_fwd", "  of which: views + their forward (2B)", args.where, n, s, "fwd3")
-    rows = {"sample_id": ids, "label": inventory.table["label"].to_numpy(), "status": np.array(["ok"] * n),
-            "reason": np.array([""] * n), "note": np.array([""] * n), "image": decoded}
+    rows = {
+        "sample_id": ids,
+        "label": inventory.table["label"].to_numpy(),
+        "status": np.array(["ok"] * n),
+        "reason": np.array([""] * n),
+        "note": np.array([""] * n),
+        "image": decoded,
+    }
     call = lambda: [emb({k: v[p] for k, v in rows.items()}).num_rows for p in batches(n, b)]  # noqa: E731
     _, s = clock(call, repeat=args.repeat)
     t.add("embed_call", "Embedder.__call__ on numpy batches (+ Arrow output)", args.where, n, s, "fwd3")
@@ -361,8 +433,15 @@ def bench_embed(args, config, inventory, decoded, clock, device, decode_table: T
         _, s = clock(lambda: ray_embed(config, inventory))
         t.add("ray_embed_cold", "Ray read_images -> map_batches(Embedder), first run", where, n, s, "fwd3")
         _, s = clock(lambda: ray_embed(config, inventory))
-        t.add("ray_embed", "Ray read_images -> map_batches(Embedder), again", where, n, s, "fwd3",
-              note=lambda: f"{t.ratio('ray_embed', 'fwd1'):.2f}x `fwd1`")
+        t.add(
+            "ray_embed",
+            "Ray read_images -> map_batches(Embedder), again",
+            where,
+            n,
+            s,
+            "fwd3",
+            note=lambda: f"{t.ratio('ray_embed', 'fwd1'):.2f}x `fwd1`",
+        )
         marginal(t, "ray_embed", lambda inv: ray_embed(config, inv), inventory, clock, config.batch_size, "fwd3")
         out = Path(args.workdir) / "embed-stage"
         shutil.rmtree(out, ignore_errors=True)
@@ -386,8 +465,10 @@ def bench_patches(args, config, inventory, clock, device) -> tuple[Table, object
     config = config.replace(batch_size=args.patch_batch_size or config.batch_size)
     size = config.patch_image_size
     n_note = f"{args.patch_images} images"
-    t = Table(f"Patch drop ({config.cam_model} {config.cam_layer} GradCAM++ @ {size}, keep {config.kept_patches}/{config.grid**2}, "
-              f"{config.codec}, batch {config.batch_size}, fp32; {n_note})")
+    t = Table(
+        f"Patch drop ({config.cam_model} {config.cam_layer} GradCAM++ @ {size}, keep {config.kept_patches}/{config.grid**2}, "
+        f"{config.codec}, batch {config.batch_size}, fp32; {n_note})"
+    )
     t.header()
     chosen = inventory.subset(inventory.table["sample_id"].to_numpy()[: args.patch_images])
     blobs = [Path(p).read_bytes() for p in chosen.table["path"].to_pylist()]
@@ -403,9 +484,15 @@ def bench_patches(args, config, inventory, clock, device) -> tuple[Table, object
                 model(normalize(x_all[p].to(device)))
 
     bare = GradCAMPlusPlus(create_model(config.cam_model, config.cam_weights).to(device), config.cam_layer)
-    frozen = GradCAMPlusPlus(create_model(config.cam_model, config.cam_weights).to(device).requires_grad_(False), config.cam_layer)
+    frozen = GradCAMPlusPlus(
+        create_model(config.cam_model, config.cam_weights).to(device).requires_grad_(False), config.cam_layer
+    )
     cam = lambda c=bare: [c(normalize(x_all[p].to(device)), config.grid) for p in batches(n, b)]  # noqa: E731
-    rows = {"sample_id": chosen.table["sample_id"].to_numpy(), "label": chosen.table["label"].to_numpy(), "image": images}
+    rows = {
+        "sample_id": chosen.table["sample_id"].to_numpy(),
+        "label": chosen.table["label"].to_numpy(),
+        "image": images,
+    }
     call = lambda: [dropper({k: v[p] for k, v in rows.items()}) for p in batches(n, b)]  # noqa: E731
     forward_only()
     _, s = clock(forward_only, repeat=args.patch_repeat)
@@ -414,26 +501,48 @@ def bench_patches(args, config, inventory, clock, device) -> tuple[Table, object
     t.add("gradcam", "bare GradCAM++ forward+backward, parameters requiring grad", args.where, n, s, "cam_fwd")
     frozen_cams, s = clock(lambda: cam(frozen), repeat=args.patch_repeat)
     same = torch.equal(bare(normalize(x_all[:b].to(device)), config.grid), frozen_cams[0])
-    t.add("gradcam_frozen", "bare GradCAM++, model.requires_grad_(False): the ceiling", args.where, n, s, "cam_fwd",
-          note=f"CAMs equal: {same}")
+    t.add(
+        "gradcam_frozen",
+        "bare GradCAM++, model.requires_grad_(False): the ceiling",
+        args.where,
+        n,
+        s,
+        "cam_fwd",
+        note=f"CAMs equal: {same}",
+    )
     tables, s = clock(call, repeat=args.patch_repeat)
     t.add("dropper", "PatchDropper.__call__ (CAM, top-k, patchify, encode, Arrow)", args.where, n, s, "gradcam_frozen")
     from adq_ray.patches.codec import encode_patches
-
     from adq_ray.patches.grid import patchify
 
     x = x_all[:b]
     chosen_patches = patchify(x, config.patch_size)[:, : config.kept_patches].permute(0, 1, 3, 4, 2).numpy()
     strips = [chosen_patches[i % len(chosen_patches)] for i in range(n)]
-    _, s = clock(lambda: [encode_patches(c, config.codec, config.jpeg_quality) for c in strips], repeat=args.patch_repeat)
+    _, s = clock(
+        lambda: [encode_patches(c, config.codec, config.jpeg_quality) for c in strips], repeat=args.patch_repeat
+    )
     t.add("encode", f"  of which: {config.codec} encode of the kept patches", "cpu, 1 core", n, s, "gradcam_frozen")
     ds = None
     if args.ray:
         where = f"Ray, {args.num_cpus} CPUs, {actor_options(config)['compute'].min_size} actor(s)"
         ds, s = clock(lambda: ray_patches(config, chosen))
-        t.add("ray_patches_cold", "Ray read_images(patch size) -> map_batches(PatchDropper), first run", where, n, s, "gradcam_frozen")
+        t.add(
+            "ray_patches_cold",
+            "Ray read_images(patch size) -> map_batches(PatchDropper), first run",
+            where,
+            n,
+            s,
+            "gradcam_frozen",
+        )
         ds, s = clock(lambda: ray_patches(config, chosen))
-        t.add("ray_patches", "Ray read_images(patch size) -> map_batches(PatchDropper), again", where, n, s, "gradcam_frozen")
+        t.add(
+            "ray_patches",
+            "Ray read_images(patch size) -> map_batches(PatchDropper), again",
+            where,
+            n,
+            s,
+            "gradcam_frozen",
+        )
     table = pa.concat_tables(tables)
     return t, (ds, table)
 
@@ -456,15 +565,30 @@ def bench_write(args, datasets, clock) -> Table:
     _, s = clock(raw, repeat=args.repeat)
     t.add("raw", f"raw bytes to one file ({len(payload) / 2**20:.2f} MiB patches + indices)", "cpu, 1 core", n, s)
     _, s = clock(lambda: pq.write_table(table, out / "table.parquet"), repeat=args.repeat)
-    t.add("pq", "pyarrow write_table, one Parquet file", "cpu, 1 core", n, s, "raw",
-          note=f"{(out / 'table.parquet').stat().st_size / 2**20:.2f} MiB")
+    t.add(
+        "pq",
+        "pyarrow write_table, one Parquet file",
+        "cpu, 1 core",
+        n,
+        s,
+        "raw",
+        note=f"{(out / 'table.parquet').stat().st_size / 2**20:.2f} MiB",
+    )
     if ds is not None:
+
         def ray_write():
             shutil.rmtree(out / "ray", ignore_errors=True)
             ds.write_parquet(str(out / "ray"))
 
         _, s = clock(ray_write, repeat=args.repeat)
-        t.add("ray_write", "Ray write_parquet of the materialized patch dataset", f"Ray, {args.num_cpus} CPUs", n, s, "raw")
+        t.add(
+            "ray_write",
+            "Ray write_parquet of the materialized patch dataset",
+            f"Ray, {args.num_cpus} CPUs",
+            n,
+            s,
+            "raw",
+        )
     return t
 
 
@@ -472,8 +596,14 @@ def bench_write(args, datasets, clock) -> Table:
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in subprocess.run(
-        ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")), platform.processor())
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+            if line.startswith("Model name")
+        ),
+        platform.processor(),
+    )
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return f"{model}, {os.cpu_count()} cores, {gpu}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
 
@@ -481,26 +611,43 @@ def machine() -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--per-class", type=int, default=200, help="CIFAR-10 train images per class (10 classes)")
-    p.add_argument("--imagenet", action="store_true",
-                   help="ImageNet defaults: resnet18 @ 224 for embed and GradCAM++ (random weights: speed only)")
+    p.add_argument(
+        "--imagenet",
+        action="store_true",
+        help="ImageNet defaults: resnet18 @ 224 for embed and GradCAM++ (random weights: speed only)",
+    )
     p.add_argument("--image-size", type=int)
     p.add_argument("--backbone")
-    p.add_argument("--weights", help="backbone and CAM weights: a path, 'random' (default: the shared ResNet-20 on CIFAR)")
+    p.add_argument(
+        "--weights", help="backbone and CAM weights: a path, 'random' (default: the shared ResNet-20 on CIFAR)"
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--patch-image-size", type=int, default=224)
     p.add_argument("--patch-images", type=int, default=96, help="images through the patch stage (a rho=0.1 selection)")
-    p.add_argument("--proxy-images", type=int, default=200, help="ImageNet-shaped JPEGs for the decode-rate row (0: skip)")
+    p.add_argument(
+        "--proxy-images", type=int, default=200, help="ImageNet-shaped JPEGs for the decode-rate row (0: skip)"
+    )
     p.add_argument("--num-cpus", type=int, default=2, help="ray.init(num_cpus=...)")
-    p.add_argument("--num-actors", type=int, default=0, help="Config.num_actors (0: the pipeline's automatic pool size)")
+    p.add_argument(
+        "--num-actors", type=int, default=0, help="Config.num_actors (0: the pipeline's automatic pool size)"
+    )
     p.add_argument("--cpus-per-actor", type=float, default=0.5, help="Config.cpus_per_actor (CPU-only clusters)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads in this process (default 1: what a 0.5-CPU Ray actor gets; 2 threads on 2 busy cores "
-                        "oversubscribe and time 3-15x worse)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads in this process (default 1: what a 0.5-CPU Ray actor gets; 2 threads on 2 busy cores "
+        "oversubscribe and time 3-15x worse)",
+    )
     p.add_argument("--repeat", type=int, default=3, help="best of N for the in-process ingest and embed rows")
-    p.add_argument("--patch-batch-size", type=int, default=16,
-                   help="batch size of the patch rows (0: --batch-size); at 224 px a batch of 64 holds ~5 GB of activations "
-                        "on CPU (PatchDropper's parameters require grad), too much for a shared 24 GiB machine")
+    p.add_argument(
+        "--patch-batch-size",
+        type=int,
+        default=16,
+        help="batch size of the patch rows (0: --batch-size); at 224 px a batch of 64 holds ~5 GB of activations "
+        "on CPU (PatchDropper's parameters require grad), too much for a shared 24 GiB machine",
+    )
     p.add_argument("--patch-repeat", type=int, default=1, help="best of N for the in-process patch rows")
     p.add_argument("--no-ray", dest="ray", action="store_false")
     p.add_argument("--skip", nargs="*", default=[], choices=["embed", "patches", "write"])
@@ -512,15 +659,25 @@ def main() -> None:
     args.weights = args.weights or ("random" if imagenet or not RESNET20.exists() else str(RESNET20))
     torch.set_num_threads(args.threads)
     device = select_device("auto")
-    args.where = f"cuda ({torch.cuda.get_device_name()})" if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    args.where = (
+        f"cuda ({torch.cuda.get_device_name()})" if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    )
     workdir = Path(args.workdir)
     folder = cifar_inputs(workdir, args.per_class)
     config = Config(
-        input=str(folder), output=str(workdir / "out"), image_size=args.image_size, backbone=args.backbone,
-        backbone_weights=args.weights, cam_model=args.backbone, cam_weights=args.weights,
-        cam_layer="layer4" if args.backbone.startswith("resnet") else "layer3", patch_image_size=args.patch_image_size,
-        batch_size=args.batch_size, precision=args.precision,
-        num_actors=args.num_actors, cpus_per_actor=args.cpus_per_actor,
+        input=str(folder),
+        output=str(workdir / "out"),
+        image_size=args.image_size,
+        backbone=args.backbone,
+        backbone_weights=args.weights,
+        cam_model=args.backbone,
+        cam_weights=args.weights,
+        cam_layer="layer4" if args.backbone.startswith("resnet") else "layer3",
+        patch_image_size=args.patch_image_size,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        num_actors=args.num_actors,
+        cpus_per_actor=args.cpus_per_actor,
     )
     from adq_ray.embed.actor import autocast_dtype
 
@@ -549,11 +706,17 @@ def main() -> None:
             results["write"] = bench_write(args, datasets, clock)
     print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("\n### Per image, for the scaling model (seconds)\n")
-    for name, key in [("decode, 1 core (this input)", ("ingest", "pil")), ("decode 500x375 -> 224, 1 core", ("ingest", "pil_500x375")),
-                      ("embed+score, 3 forwards (bare)", ("embed", "fwd3")), ("Embedder.embed", ("embed", "embed")),
-                      ("Ray embed stage", ("embed", "ray_embed")), ("GradCAM++ fwd+bwd (frozen)", ("patches", "gradcam_frozen")),
-                      ("PatchDropper", ("patches", "dropper")), ("patch encode", ("patches", "encode")),
-                      ("Ray patch stage", ("patches", "ray_patches"))]:
+    for name, key in [
+        ("decode, 1 core (this input)", ("ingest", "pil")),
+        ("decode 500x375 -> 224, 1 core", ("ingest", "pil_500x375")),
+        ("embed+score, 3 forwards (bare)", ("embed", "fwd3")),
+        ("Embedder.embed", ("embed", "embed")),
+        ("Ray embed stage", ("embed", "ray_embed")),
+        ("GradCAM++ fwd+bwd (frozen)", ("patches", "gradcam_frozen")),
+        ("PatchDropper", ("patches", "dropper")),
+        ("patch encode", ("patches", "encode")),
+        ("Ray patch stage", ("patches", "ray_patches")),
+    ]:
         table = results.get(key[0])
         if table and key[1] in table.times:
             print(f"- {name}: {table.per_image(key[1]) * 1e3:.3f} ms")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference
 import torch
 
-import reference
 from adq_ray.bins import assign_bins, balanced_assign, bin_sizes, cosine, gradient_cosine, split_groups
 
 
@@ -25,7 +25,10 @@ def test_cosine_matches_definition():
 
 def test_gradient_cosine_equals_materialised_features():
     g = torch.Generator().manual_seed(1)
-    e, grads = torch.randn(2, 11, 6, generator=g, dtype=torch.float64), torch.randn(2, 11, 4, generator=g, dtype=torch.float64)
+    e, grads = (
+        torch.randn(2, 11, 6, generator=g, dtype=torch.float64),
+        torch.randn(2, 11, 4, generator=g, dtype=torch.float64),
+    )
     for b in range(2):
         expected = reference.cosine_matrix(reference.gradient_features(e[b].numpy(), grads[b].numpy()))
         np.testing.assert_allclose(gradient_cosine(e, grads)[b].numpy(), expected, atol=1e-12)

@@ -21,7 +21,10 @@ def smooth_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     """uint8 (n, size, size, 3): smooth colour gradients plus mild noise (JPEG-friendly, not constant)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size] / size
-    base = rng.uniform(40, 200, (n, 1, 1, 3)) + 50 * np.sin(6 * yy + rng.uniform(0, 3, (n, 1, 1)))[..., None] * xx[..., None]
+    base = (
+        rng.uniform(40, 200, (n, 1, 1, 3))
+        + 50 * np.sin(6 * yy + rng.uniform(0, 3, (n, 1, 1)))[..., None] * xx[..., None]
+    )
     return np.clip(base + rng.normal(0, 3, (n, size, size, 3)), 0, 255).astype(np.uint8)
 
 
@@ -62,7 +65,9 @@ def source_patches(images: np.ndarray, p: int) -> np.ndarray:
     """(B, L, p, p, 3) patches of (B, S, S, 3) images, by plain slicing."""
     b, s = images.shape[:2]
     g = s // p
-    tiles = [[images[i, r * p : (r + 1) * p, c * p : (c + 1) * p] for r in range(g) for c in range(g)] for i in range(b)]
+    tiles = [
+        [images[i, r * p : (r + 1) * p, c * p : (c + 1) * p] for r in range(g) for c in range(g)] for i in range(b)
+    ]
     return np.stack(tiles)
 
 
@@ -75,8 +80,16 @@ def images() -> np.ndarray:
 def test_dropper_rows_through_parquet(tmp_path, images: np.ndarray, codec: str) -> None:
     # A CIFAR ResNet-20 at its last stage ("layer3", 8x8 maps) on 32 px images in 8 px patches.
     config = Config(
-        input="unused", output="unused", patch_image_size=32, patch_size=8, mask_ratio=0.3, codec=codec,
-        cam_model="cifar_resnet20", cam_weights="random", cam_layer="layer3", device="cpu",
+        input="unused",
+        output="unused",
+        patch_image_size=32,
+        patch_size=8,
+        mask_ratio=0.3,
+        codec=codec,
+        cam_model="cifar_resnet20",
+        cam_weights="random",
+        cam_layer="layer3",
+        device="cpu",
     )
     k = config.kept_patches
     assert k == 11  # floor(16 * 0.7)
@@ -103,11 +116,15 @@ def test_dropper_rows_through_parquet(tmp_path, images: np.ndarray, codec: str) 
     sizes = np.array([len(d) for d in back["patches"].to_pylist()])
     np.testing.assert_array_equal(back["nbytes"].to_numpy(), sizes + 2 * k)
     raw = k * 8 * 8 * 3
-    print(f"\n{codec}: {sizes.mean():.0f} B per image for {k} kept 8x8 patches ({raw} B raw, {32 * 32 * 3} B full image)")
+    print(
+        f"\n{codec}: {sizes.mean():.0f} B per image for {k} kept 8x8 patches ({raw} B raw, {32 * 32 * 3} B full image)"
+    )
 
 
 def test_dropper_keeps_the_highest_cam_patches(images: np.ndarray) -> None:
-    config = Config(input="unused", output="unused", patch_image_size=64, mask_ratio=0.5, cam_weights="random", device="cpu")
+    config = Config(
+        input="unused", output="unused", patch_image_size=64, mask_ratio=0.5, cam_weights="random", device="cpu"
+    )
     dropper = PatchDropper(config)
     big = np.stack([np.kron(im, np.ones((2, 2, 1), np.uint8)) for im in images[:3]])  # 64 px
     table = dropper({"sample_id": np.arange(3), "label": np.zeros(3, np.int64), "image": big})
@@ -116,7 +133,10 @@ def test_dropper_keeps_the_highest_cam_patches(images: np.ndarray) -> None:
         assert idx == sorted(sorted(range(16), key=lambda i: (-row[i], i))[:8])
     with pytest.raises(ValueError, match="expected uint8 images"):
         dropper({"sample_id": np.arange(3), "label": np.zeros(3), "image": images[:3]})
-    assert dropper({"sample_id": np.zeros(0), "label": np.zeros(0), "image": np.zeros((0, 64, 64, 3), np.uint8)}).num_rows == 0
+    assert (
+        dropper({"sample_id": np.zeros(0), "label": np.zeros(0), "image": np.zeros((0, 64, 64, 3), np.uint8)}).num_rows
+        == 0
+    )
 
 
 def test_assemble_and_fill(images: np.ndarray) -> None:
@@ -145,8 +165,17 @@ def test_assemble_and_fill(images: np.ndarray) -> None:
 
 
 def test_decode_rows_rebuilds_kept_pixels(images: np.ndarray) -> None:
-    config = Config(input="unused", output="unused", patch_image_size=32, patch_size=8, codec="png", cam_model="cifar_resnet20",
-                    cam_weights="random", cam_layer="layer3", device="cpu")
+    config = Config(
+        input="unused",
+        output="unused",
+        patch_image_size=32,
+        patch_size=8,
+        codec="png",
+        cam_model="cifar_resnet20",
+        cam_weights="random",
+        cam_layer="layer3",
+        device="cpu",
+    )
     table = PatchDropper(config)({"sample_id": np.arange(6), "label": np.zeros(6, np.int64), "image": images})
     assembled, keep = decode_rows(table)
     assert assembled.shape == (6, 3, 32, 32) and keep.sum(1).tolist() == [config.kept_patches] * 6

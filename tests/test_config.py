@@ -38,7 +38,13 @@ def test_bad_values_are_rejected_by_name(change, message):
 
 def test_local_paths_become_absolute_urls_and_keywords_stay(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    c = Config(input="data", output="s3://bucket/out", backbone_weights="w.pth", cam_weights="hub", contrastive_weights="random")
+    c = Config(
+        input="data",
+        output="s3://bucket/out",
+        backbone_weights="w.pth",
+        cam_weights="hub",
+        contrastive_weights="random",
+    )
     assert c.input == str(tmp_path / "data") and c.output == "s3://bucket/out"
     assert c.backbone_weights == str(tmp_path / "w.pth") and (c.cam_weights, c.contrastive_weights) == ("hub", "random")
 

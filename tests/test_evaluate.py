@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from util import CIFAR_TAR, make_bucket
 
 from adq_ray import storage
 from adq_ray.config import ConfigError
-from adq_ray.ingest.cifar import extract_cifar_subset
 from adq_ray.evaluate import (
     Recipe,
     create_classifier,
@@ -23,7 +23,7 @@ from adq_ray.evaluate import (
     train_and_test,
     write_table,
 )
-from conftest import CIFAR_TAR, make_bucket
+from adq_ray.ingest.cifar import extract_cifar_subset
 
 TINY = Recipe(model="cifar_resnet20", epochs=1, batch_size=32, lr=0.05)
 
@@ -115,7 +115,9 @@ def test_train_and_test_on_cifar_slice_with_two_workers(ray_session, tmp_path):
     train = ray_session.data.from_items(as_items(cifar_slice(tmp_path, "train", 20)))
     test = ray_session.data.from_items(as_items(cifar_slice(tmp_path, "test", 10)))
     recipe = TINY.replace(epochs=2)
-    result = train_and_test(train, test, recipe, num_workers=2, cpus_per_worker=0.5, storage_path=str(tmp_path / "runs"))
+    result = train_and_test(
+        train, test, recipe, num_workers=2, cpus_per_worker=0.5, storage_path=str(tmp_path / "runs")
+    )
     assert set(result) >= {"final_acc", "best_acc", "best_epoch", "history", "wall_s", "n_train", "n_test"}
     assert (result["n_train"], result["n_test"], result["epochs"]) == (200, 100, 2)
     assert 0.0 <= result["final_acc"] <= result["best_acc"] <= 1.0
@@ -140,11 +142,32 @@ def test_training_learns_a_separable_set_from_larger_images(ray_session, tmp_pat
 
 ROWS = [
     {"arm": "full", "n_train": 500, "sample_ratio": 1.0, "storage_ratio": 1.0, "final_acc": 0.9, "best_acc": 0.91},
-    {"arm": "dq@0.1", "n_train": 50, "sample_ratio": 0.1, "storage_ratio": 0.08, "final_acc": 0.5, "best_acc": 0.55,
-     "method": "dq"},
-    {"arm": "dq@0.2", "n_train": 100, "sample_ratio": 0.2, "storage_ratio": 0.16, "final_acc": 0.6, "best_acc": 0.6,
-     "method": "dq"},
-    {"arm": "reference", "n_train": 500, "sample_ratio": None, "storage_ratio": None, "final_acc": 0.8, "best_acc": 0.8},
+    {
+        "arm": "dq@0.1",
+        "n_train": 50,
+        "sample_ratio": 0.1,
+        "storage_ratio": 0.08,
+        "final_acc": 0.5,
+        "best_acc": 0.55,
+        "method": "dq",
+    },
+    {
+        "arm": "dq@0.2",
+        "n_train": 100,
+        "sample_ratio": 0.2,
+        "storage_ratio": 0.16,
+        "final_acc": 0.6,
+        "best_acc": 0.6,
+        "method": "dq",
+    },
+    {
+        "arm": "reference",
+        "n_train": 500,
+        "sample_ratio": None,
+        "storage_ratio": None,
+        "final_acc": 0.8,
+        "best_acc": 0.8,
+    },
 ]
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+from util import CIFAR_TAR
+
 from adq_ray.cli import main
 from adq_ray.ingest.cifar import extract_cifar_subset
 from adq_ray.quotas.adq import budget
-from conftest import CIFAR_TAR
 
 
 def test_evaluate_trains_every_arm_and_reports(ray_session, tmp_path):

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from ray.data.block import BlockAccessor
+from test_pipeline import TINY
+from util import CIFAR_TAR, SHARED, write_image_folder
 
 from adq_ray.config import Config
 from adq_ray.embed.actor import Embedder, decode_jpegs
@@ -26,8 +28,6 @@ from adq_ray.ingest.decode import decode_image
 from adq_ray.ingest.read import to_rows
 from adq_ray.pipeline import Layout, compress
 from adq_ray.tables import read_parquet, to_matrix
-from conftest import CIFAR_TAR, SHARED, write_image_folder
-from test_pipeline import TINY
 
 RESNET20 = SHARED / "weights" / "resnet20-12fca82f.th"
 SIZE = 32
@@ -66,7 +66,10 @@ def _jpeg_kinds(cifar: list[bytes]) -> list[bytes]:
     first = Image.open(io.BytesIO(cifar[0]))
     return [
         *cifar[:8],
-        *(_encode(Image.open(io.BytesIO(b)).resize((96, 72), Image.Resampling.BICUBIC), quality=90) for b in cifar[8:16]),
+        *(
+            _encode(Image.open(io.BytesIO(b)).resize((96, 72), Image.Resampling.BICUBIC), quality=90)
+            for b in cifar[8:16]
+        ),
         _encode(Image.fromarray(_pixels((20, 24, 3)))),
         _encode(first.convert("L")),
         _encode(first.resize((64, 64)), progressive=True),
@@ -190,7 +193,11 @@ def test_read_images_defers_plain_jpegs_and_keeps_every_row(ray_session, tmp_pat
         if plain:  # "ok" until the actor decodes it (the corrupt JPEG is rejected there)
             assert (row["status"], row["reason"], row["note"]) == ("ok", "", "") and not row["image"].any()
         else:
-            assert (row["status"], row["reason"], row["note"]) == (want[i]["status"], want[i]["reason"], want[i]["note"])
+            assert (row["status"], row["reason"], row["note"]) == (
+                want[i]["status"],
+                want[i]["reason"],
+                want[i]["note"],
+            )
             np.testing.assert_array_equal(row["image"], want[i]["image"])
     assert sum(bool(r["bytes"]) for r in rows.values()) == 2 * 4 + 2  # 4 of 6 generated files are JPEGs
 

@@ -87,7 +87,9 @@ def test_gradcam_float32_and_batch_independent() -> None:
     together = cam(images, 4)
     alone = torch.cat([cam(x[None], 4) for x in images])
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(together.double(), reference_cam(model.double(), images.double(), 4), rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(
+        together.double(), reference_cam(model.double(), images.double(), 4), rtol=1e-3, atol=1e-5
+    )
     assert all(p.grad is None for p in model.parameters())
 
 

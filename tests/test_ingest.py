@@ -11,12 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from util import CIFAR_TAR, make_bucket, write_image_folder
 
 from adq_ray.config import Config
 from adq_ray.ingest import Inventory, decode_image, extract_cifar_subset, list_inputs, read_images
 from adq_ray.ingest.read import read_input_bytes
 from adq_ray.storage import write_bytes, write_json
-from conftest import CIFAR_TAR, make_bucket, write_image_folder
 
 SIZE = 32
 

@@ -22,12 +22,18 @@ from adq_ray.patches.reconstruct import CompressedImages, decode_rows, read_reco
 torch.set_num_threads(1)
 
 BLOCK_KEYS = {  # timm Block as in facebookresearch/mae: name -> shape for width d, mlp ratio 4
-    "norm1.weight": lambda d: (d,), "norm1.bias": lambda d: (d,),
-    "attn.qkv.weight": lambda d: (3 * d, d), "attn.qkv.bias": lambda d: (3 * d,),
-    "attn.proj.weight": lambda d: (d, d), "attn.proj.bias": lambda d: (d,),
-    "norm2.weight": lambda d: (d,), "norm2.bias": lambda d: (d,),
-    "mlp.fc1.weight": lambda d: (4 * d, d), "mlp.fc1.bias": lambda d: (4 * d,),
-    "mlp.fc2.weight": lambda d: (d, 4 * d), "mlp.fc2.bias": lambda d: (d,),
+    "norm1.weight": lambda d: (d,),
+    "norm1.bias": lambda d: (d,),
+    "attn.qkv.weight": lambda d: (3 * d, d),
+    "attn.qkv.bias": lambda d: (3 * d,),
+    "attn.proj.weight": lambda d: (d, d),
+    "attn.proj.bias": lambda d: (d,),
+    "norm2.weight": lambda d: (d,),
+    "norm2.bias": lambda d: (d,),
+    "mlp.fc1.weight": lambda d: (4 * d, d),
+    "mlp.fc1.bias": lambda d: (4 * d,),
+    "mlp.fc2.weight": lambda d: (d, 4 * d),
+    "mlp.fc2.bias": lambda d: (d,),
 }
 
 
@@ -35,13 +41,20 @@ def official_base_shapes() -> dict[str, tuple[int, ...]]:
     """Key -> shape of models_mae.mae_vit_base_patch16 (ViT-B/16 encoder, 512-d 8-block decoder)."""
     d, e = 768, 512
     shapes = {
-        "cls_token": (1, 1, d), "pos_embed": (1, 197, d),
-        "patch_embed.proj.weight": (d, 3, 16, 16), "patch_embed.proj.bias": (d,),
-        "norm.weight": (d,), "norm.bias": (d,),
-        "decoder_embed.weight": (e, d), "decoder_embed.bias": (e,),
-        "mask_token": (1, 1, e), "decoder_pos_embed": (1, 197, e),
-        "decoder_norm.weight": (e,), "decoder_norm.bias": (e,),
-        "decoder_pred.weight": (768, e), "decoder_pred.bias": (768,),
+        "cls_token": (1, 1, d),
+        "pos_embed": (1, 197, d),
+        "patch_embed.proj.weight": (d, 3, 16, 16),
+        "patch_embed.proj.bias": (d,),
+        "norm.weight": (d,),
+        "norm.bias": (d,),
+        "decoder_embed.weight": (e, d),
+        "decoder_embed.bias": (e,),
+        "mask_token": (1, 1, e),
+        "decoder_pos_embed": (1, 197, e),
+        "decoder_norm.weight": (e,),
+        "decoder_norm.bias": (e,),
+        "decoder_pred.weight": (768, e),
+        "decoder_pred.bias": (768,),
     }
     for prefix, depth, width in (("blocks", 12, d), ("decoder_blocks", 8, e)):
         shapes.update({f"{prefix}.{i}.{k}": f(width) for i in range(depth) for k, f in BLOCK_KEYS.items()})
@@ -80,7 +93,9 @@ def test_sincos_pos_embed_matches_numpy_reference() -> None:
 
     dim, grid = 16, 5
     mesh = np.stack(np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64)))
-    expected = np.concatenate([np.zeros((1, dim)), np.concatenate([one_d(dim // 2, mesh[0]), one_d(dim // 2, mesh[1])], 1)])
+    expected = np.concatenate(
+        [np.zeros((1, dim)), np.concatenate([one_d(dim // 2, mesh[0]), one_d(dim // 2, mesh[1])], 1)]
+    )
     np.testing.assert_allclose(sincos_pos_embed(dim, grid).numpy(), expected, rtol=1e-6, atol=1e-6)
 
 
@@ -140,7 +155,9 @@ def test_norm_pix_predictions_use_visible_patch_statistics(tiny_mae) -> None:
     with torch.no_grad():
         pred, pixels = mae(imgs, keep), mae.predict_pixels(imgs, keep)
     for b in range(2):
-        visible = [imgs[b, :, (i // 4) * 8 : (i // 4) * 8 + 8, (i % 4) * 8 : (i % 4) * 8 + 8] for i in range(16) if keep[b, i]]
+        visible = [
+            imgs[b, :, (i // 4) * 8 : (i // 4) * 8 + 8, (i % 4) * 8 : (i % 4) * 8 + 8] for i in range(16) if keep[b, i]
+        ]
         mean = sum(float(v.mean()) for v in visible) / len(visible)
         var = sum(float(v.var()) for v in visible) / len(visible)
         expected = pred[b, 5] * (var + 1e-6) ** 0.5 + mean
@@ -168,14 +185,25 @@ def test_reconstruct_pastes_only_dropped_patches(tiny_mae) -> None:
 def small_dataset(n: int = 12) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(5)
     yy, xx = np.mgrid[0:32, 0:32]
-    base = rng.uniform(30, 220, (n, 1, 1, 3)) + 40 * np.sin((yy + xx)[None, ..., None] / rng.uniform(3, 9, (n, 1, 1, 1)))
+    base = rng.uniform(30, 220, (n, 1, 1, 3)) + 40 * np.sin(
+        (yy + xx)[None, ..., None] / rng.uniform(3, 9, (n, 1, 1, 1))
+    )
     images = np.clip(base + rng.normal(0, 4, (n, 32, 32, 3)), 0, 255).astype(np.uint8)
     return {"sample_id": np.arange(100, 100 + n, dtype=np.int64), "label": np.arange(n) % 3, "image": images}
 
 
 def tiny_config(codec: str = "png") -> Config:
-    return Config(input="unused", output="unused", patch_image_size=32, patch_size=8, codec=codec,
-                  cam_model="cifar_resnet20", cam_weights="random", cam_layer="layer3", device="cpu")
+    return Config(
+        input="unused",
+        output="unused",
+        patch_image_size=32,
+        patch_size=8,
+        codec=codec,
+        cam_model="cifar_resnet20",
+        cam_weights="random",
+        cam_layer="layer3",
+        device="cpu",
+    )
 
 
 def test_load_from_s3_and_read_dataset_from_s3(s3_server, tiny_mae) -> None:
@@ -222,7 +250,9 @@ def test_ray_dropper_then_reconstructed_reader(ray_session, tmp_path, tiny_mae) 
     assert written.num_rows == 12 and written.schema.field("kept_idx").type.list_size == tiny_config().kept_patches
 
     weights = str(tmp_path / "tiny.pth")
-    restored = read_reconstructed(str(dataset_dir), mae="mae_vit_tiny_patch8", mae_weights=weights, batch_size=4).take_all()
+    restored = read_reconstructed(
+        str(dataset_dir), mae="mae_vit_tiny_patch8", mae_weights=weights, batch_size=4
+    ).take_all()
     assert sorted(r["sample_id"] for r in restored) == list(range(100, 112))
     local = CompressedImages(str(dataset_dir), mae=tiny_mae)
     by_id = {int(local.table["sample_id"][i].as_py()): local[i] for i in range(len(local))}

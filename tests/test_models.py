@@ -5,10 +5,10 @@ import sys
 
 import pytest
 import torch
+from util import SHARED, make_bucket
 
 from adq_ray import storage
 from adq_ray.models import create_model, load_state_dict
-from conftest import SHARED, make_bucket
 
 RESNET20 = SHARED / "weights" / "resnet20-12fca82f.th"
 

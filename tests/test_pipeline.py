@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
+from util import make_bucket, write_image_folder
 
 from adq_ray import storage
 from adq_ray.config import Config
@@ -24,7 +25,6 @@ from adq_ray.patches.reconstruct import decode_rows
 from adq_ray.pipeline import Layout, compress, resample
 from adq_ray.quotas.adq import budget
 from adq_ray.tables import read_parquet
-from conftest import make_bucket, write_image_folder
 
 TINY = dict(
     image_size=32,
@@ -85,7 +85,12 @@ def test_kept_patches_round_trip_bit_exact(tiny_run):
     table = read_parquet(Layout(config).dataset)
     images, keep = decode_rows(table)
     for row, image, mask in zip(table.to_pylist(), images, keep):
-        source = decode_image(Path(paths[row["sample_id"]]).read_bytes(), config.patch_image_size, config.max_image_pixels, config.max_file_bytes)
+        source = decode_image(
+            Path(paths[row["sample_id"]]).read_bytes(),
+            config.patch_image_size,
+            config.max_image_pixels,
+            config.max_file_bytes,
+        )
         expected = patchify(torch.from_numpy(np.array(source.image)).permute(2, 0, 1)[None], config.patch_size)[0]
         got = patchify(image[None], config.patch_size)[0]
         kept_idx = row["kept_idx"]
@@ -117,7 +122,7 @@ def _bad_folder(root: Path) -> dict[str, str]:
     Image.fromarray(pixels).convert("L").save(good / "gray.png")
     Image.fromarray(pixels).convert("CMYK").save(good / "cmyk.jpg")
     Image.fromarray(pixels).convert("RGBA").save(good / "rgba.png")
-    Image.fromarray((pixels[..., 0].astype(np.uint16) * 257)).save(good / "sixteen.png")
+    Image.fromarray(pixels[..., 0].astype(np.uint16) * 257).save(good / "sixteen.png")
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(root / "class_1" / "huge.png")  # over the pixel limit
     data = (good / "0001.jpg").read_bytes()
     (good / "truncated.jpg").write_bytes(data[: len(data) // 2])
@@ -178,7 +183,19 @@ def test_resume_after_kill_runs_no_embedding_model(ray_session, tmp_path):
     folder = write_image_folder(tmp_path / "images", classes=2, per_class=12, size=32)
     config = tiny_config(tmp_path, str(folder), num_bins=2)
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "num_bins"]
-    cmd = [sys.executable, "-m", "adq_ray.cli", "compress", "--input", str(folder), "--output", config.output, "--num-bins", "2", *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "adq_ray.cli",
+        "compress",
+        "--input",
+        str(folder),
+        "--output",
+        config.output,
+        "--num-bins",
+        "2",
+        *flags,
+    ]
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     embed_dir = Layout(config).stage("embed")

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from util import CIFAR_TAR, SHARED
 
 from adq_ray.config import Config
 from adq_ray.embed.actor import Embedder, autocast_dtype
 from adq_ray.ingest.decode import decode_image
-from conftest import CIFAR_TAR, SHARED
 
 RESNET20 = SHARED / "weights" / "resnet20-12fca82f.th"
 PER_CLASS, CLASSES = 4, 8  # 32 images: the first few of each class met in the (shuffled) tarball

@@ -8,9 +8,9 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+import reference
 import torch
 
-import reference
 from adq_ray.quotas import (
     adq_bin_quotas,
     bin_scores,
@@ -88,7 +88,9 @@ def test_split_over_classes_is_exact_largest_remainder():
         for n in range(4):
             exact = [Fraction(int(c) * int(quotas[n]), int(cells[n].sum())) for c in cells[n]]
             floors = [math.floor(e) for e in exact]
-            expected = reference.apportion(floors, [e - f for e, f in zip(exact, floors)], cells[n].tolist(), int(quotas[n]))
+            expected = reference.apportion(
+                floors, [e - f for e, f in zip(exact, floors)], cells[n].tolist(), int(quotas[n])
+            )
             assert split[n].tolist() == expected
 
 
@@ -167,8 +169,17 @@ def test_full_ratio_keeps_everything():
 )
 def test_bad_arguments_raise(change, match):
     bins, labels, texture, view1, view2 = _dataset(50, 2, 5, 8)
-    args = dict(bins=bins, labels=labels, texture=texture, view_sum=view1 + view2, num_bins=5, rho=0.1, alpha=0.5,
-                sampler="adq", seed=0)
+    args = dict(
+        bins=bins,
+        labels=labels,
+        texture=texture,
+        view_sum=view1 + view2,
+        num_bins=5,
+        rho=0.1,
+        alpha=0.5,
+        sampler="adq",
+        seed=0,
+    )
     args.update(change)
     with pytest.raises(ValueError, match=match):
         select(**args)

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from util import make_bucket
 
 from adq_ray import storage
 from adq_ray.write.report import overlay, tile, write_report
-from conftest import make_bucket
 
 SECTIONS = ("summary", "bins", "quotas", "samples", "overlays", "evaluation")
 
@@ -23,16 +23,29 @@ def report_inputs(seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     sizes = [30, 25, 25, 20]
     bin_table = [
-        {"bin": b, "size": n, "rep": 0.1 + 0.02 * b, "div": 2.0 - 0.3 * b, "importance": 0.25, "share": 0.2 + 0.05 * b,
-         "quota": n // 5, "selected": n // 5}
+        {
+            "bin": b,
+            "size": n,
+            "rep": 0.1 + 0.02 * b,
+            "div": 2.0 - 0.3 * b,
+            "importance": 0.25,
+            "share": 0.2 + 0.05 * b,
+            "quota": n // 5,
+            "selected": n // 5,
+        }
         for b, n in enumerate(sizes)
     ]
     images = lambda k, size: [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(k)]  # noqa: E731
     masks = [rng.random((14, 14)) < 0.8 for _ in range(3)]
     return {
         "summary": {
-            "counts": {"inputs": 103, "kept": 20, "not_selected": 80, "rejected": 3,
-                       "rejected_by_reason": {"corrupt": 2, "too_large": 1}},
+            "counts": {
+                "inputs": 103,
+                "kept": 20,
+                "not_selected": 80,
+                "rejected": 3,
+                "rejected_by_reason": {"corrupt": 2, "too_large": 1},
+            },
             "sample_ratio": 0.2,
             "patch_keep_ratio": 156 / 196,
             "storage_ratio": 0.0731,
@@ -43,9 +56,23 @@ def report_inputs(seed: int = 0) -> dict:
         "samples_per_bin": {0: images(6, 32), 1: images(12, 32), 2: [], 3: images(2, 224)},
         "overlays": list(zip(images(3, 224), masks)),
         "eval_rows": [
-            {"arm": "full", "n_train": 100, "sample_ratio": 1.0, "storage_ratio": 1.0, "final_acc": 0.8, "best_acc": 0.82},
-            {"arm": "adq@0.2", "n_train": 20, "sample_ratio": 0.2, "storage_ratio": 0.07, "final_acc": 0.5,
-             "best_acc": 0.55, "method": "adq"},
+            {
+                "arm": "full",
+                "n_train": 100,
+                "sample_ratio": 1.0,
+                "storage_ratio": 1.0,
+                "final_acc": 0.8,
+                "best_acc": 0.82,
+            },
+            {
+                "arm": "adq@0.2",
+                "n_train": 20,
+                "sample_ratio": 0.2,
+                "storage_ratio": 0.07,
+                "final_acc": 0.5,
+                "best_acc": 0.55,
+                "method": "adq",
+            },
         ],
     }
 
@@ -63,8 +90,16 @@ def test_report_has_every_section_and_valid_local_images(tmp_path):
         assert f'<section id="{section}">' in page, section
     assert not re.search(r"https?:|//[a-z]|<script|<link", page, re.IGNORECASE), "the report must open offline"
     sources = image_sources(page)
-    expected = {"bin_sizes.png", "bin_scores.png", "quotas.png", "samples_bin0.png", "samples_bin1.png",
-                "samples_bin3.png", "overlays.png", "accuracy.png"}
+    expected = {
+        "bin_sizes.png",
+        "bin_scores.png",
+        "quotas.png",
+        "samples_bin0.png",
+        "samples_bin1.png",
+        "samples_bin3.png",
+        "overlays.png",
+        "accuracy.png",
+    }
     assert set(sources) == expected
     for name in sources:
         with Image.open(tmp_path / "report" / name) as image:
@@ -117,12 +152,26 @@ def test_tile_lays_out_rows_and_resizes():
 
 
 def test_report_renders_in_headless_chromium(tmp_path):
-    browser = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+    browser = next(
+        (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None
+    )
     if browser is None:
         pytest.skip("no chromium on this machine")
     uri = write_report(str(tmp_path / "report"), **report_inputs())
     shot = tmp_path / "shot.png"
-    subprocess.run([browser, "--headless", "--disable-gpu", "--no-sandbox", f"--screenshot={shot}",
-                    "--window-size=1200,3000", f"file://{uri}"], check=True, timeout=60, capture_output=True)
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--disable-gpu",
+            "--no-sandbox",
+            f"--screenshot={shot}",
+            "--window-size=1200,3000",
+            f"file://{uri}",
+        ],
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
     with Image.open(shot) as image:
         assert np.asarray(image.convert("L")).std() > 10, "the page rendered blank"

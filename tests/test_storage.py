@@ -1,7 +1,7 @@
 import pytest
+from util import make_bucket
 
 from adq_ray import storage
-from conftest import make_bucket
 
 
 def _stage(uri):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference
 import torch
 
-import reference
 from adq_ray.embed.texture import texture_level
 
 
@@ -28,7 +28,9 @@ def test_flat_and_rotated_images():
     assert texture_level(torch.full((1, 3, 5, 5), 0.7)).item() == pytest.approx(0, abs=1e-6)
     images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     # |Sobel_x| and |Sobel_y| swap under transposition, and the mean weighs them equally.
-    np.testing.assert_allclose(texture_level(images.transpose(-1, -2)).numpy(), texture_level(images).numpy(), atol=1e-12)
+    np.testing.assert_allclose(
+        texture_level(images.transpose(-1, -2)).numpy(), texture_level(images).numpy(), atol=1e-12
+    )
 
 
 @pytest.mark.parametrize(

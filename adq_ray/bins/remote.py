@@ -12,7 +12,9 @@ from adq_ray.embed.store import read_embeddings
 from adq_ray.tables import to_matrix
 
 
-def bin_classes(embeddings_uri: str, labels: list[int], num_bins: int, max_group: int, features: str, seed: int) -> pa.Table:
+def bin_classes(
+    embeddings_uri: str, labels: list[int], num_bins: int, max_group: int, features: str, seed: int
+) -> pa.Table:
     """sample_id, label, bin, rank for every ok sample of `labels` (GPU when the task holds one)."""
     columns = ["sample_id", "label", "embedding"] + (["grad"] if features == "gradient" else [])
     table = read_embeddings(embeddings_uri, labels=labels, columns=columns, ok_only=True)

@@ -38,8 +38,10 @@ def crop_boxes(sample_ids: np.ndarray, view: int, seed: int, height: int, width:
     log_lo, log_hi = math.log(RATIO[0]), math.log(RATIO[1])
     # Fallback when no try fits: the central crop of the clamped aspect ratio, as torchvision does.
     in_ratio = width / height
-    fw, fh = (width, round(width / RATIO[0])) if in_ratio < RATIO[0] else (
-        (round(height * RATIO[1]), height) if in_ratio > RATIO[1] else (width, height)
+    fw, fh = (
+        (width, round(width / RATIO[0]))
+        if in_ratio < RATIO[0]
+        else ((round(height * RATIO[1]), height) if in_ratio > RATIO[1] else (width, height))
     )
     out = np.tile(np.array([(height - fh) // 2, (width - fw) // 2, fh, fw, 0], np.int64), (n, 1))
     done = np.zeros(n, bool)

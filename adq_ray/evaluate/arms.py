@@ -47,12 +47,21 @@ def evaluate_command(config: Config, args: argparse.Namespace) -> list[dict[str,
     meta: dict[str, dict[str, Any]] = {"full": {"sample_ratio": None, "storage_ratio": 1.0, "method": "full"}}
     for sampler, summary in summaries.items():
         arms[sampler] = read_reconstructed(
-            Layout(arm(config, sampler)).dataset, mae=mae or None, mae_weights=weights or "hub", device=config.device, num_gpus=float(bool(gpus and mae))
+            Layout(arm(config, sampler)).dataset,
+            mae=mae or None,
+            mae_weights=weights or "hub",
+            device=config.device,
+            num_gpus=float(bool(gpus and mae)),
         )
-        meta[sampler] = {"method": sampler, **{k: summary[k] for k in ("sample_ratio", "data_keep_ratio", "storage_ratio")}}
+        meta[sampler] = {
+            "method": sampler,
+            **{k: summary[k] for k in ("sample_ratio", "data_keep_ratio", "storage_ratio")},
+        }
     test_config = config.replace(input=args.test)
     test = decoded(test_config, list_inputs(test_config))
-    recipe = Recipe(model=args.model, epochs=args.epochs, batch_size=args.train_batch_size, num_classes=len(inventory.classes))
+    recipe = Recipe(
+        model=args.model, epochs=args.epochs, batch_size=args.train_batch_size, num_classes=len(inventory.classes)
+    )
     runs = storage.join(config.output, "train")  # Ray Train wants an absolute local path or a URL
     rows = evaluate_arms(
         arms, test, recipe, metadata=meta, num_workers=max(1, args.workers), use_gpu=gpus > 0,

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import ray.data
@@ -26,7 +27,6 @@ from torch import nn
 from adq_ray.config import ConfigError
 from adq_ray.evaluate.classifier import create_classifier
 from adq_ray.models import normalize
-
 
 RESIZE_BATCH = 256  # rows per resize task: small blocks (e.g. from_items) are bundled, not one task each
 
@@ -64,13 +64,11 @@ class Recipe:
         if failed:
             raise ConfigError(f"invalid recipe {self}: {'; '.join(failed)}")
 
-    def replace(self, **changes: Any) -> "Recipe":
+    def replace(self, **changes: Any) -> Recipe:
         return dataclasses.replace(self, **changes)
 
 
-def to_images(
-    images: np.ndarray | Sequence[np.ndarray], size: int, device: torch.device | str = "cpu"
-) -> torch.Tensor:
+def to_images(images: np.ndarray | Sequence[np.ndarray], size: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 HxWx3 images (one stacked array, or ragged) -> float (B, 3, size, size) in [0, 1] on `device`.
 
     Larger or smaller images (e.g. 224 px reconstructions of 32 px inputs) are resized with

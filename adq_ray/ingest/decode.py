@@ -39,7 +39,7 @@ class Decoded:
         return self.image is not None or bool(self.data)
 
     @classmethod
-    def rejected(cls, reason: str) -> "Decoded":
+    def rejected(cls, reason: str) -> Decoded:
         return cls(reason=reason)
 
 

@@ -43,12 +43,12 @@ class Inventory:
         return self.table.num_rows
 
     @classmethod
-    def read(cls, table_uri: str, classes_uri: str) -> "Inventory":
+    def read(cls, table_uri: str, classes_uri: str) -> Inventory:
         """Load an inventory saved as a Parquet table plus a JSON list of class names."""
         fs, path = resolve(table_uri)
         return cls(pq.read_table(path, filesystem=fs, schema=INVENTORY_SCHEMA), list(read_json(classes_uri)))
 
-    def subset(self, sample_ids: Sequence[int] | np.ndarray) -> "Inventory":
+    def subset(self, sample_ids: Sequence[int] | np.ndarray) -> Inventory:
         """The inputs with these sample ids (same classes, so labels keep their meaning)."""
         keep = pc.is_in(self.table["sample_id"], value_set=pa.array(np.asarray(sample_ids, np.int64)))
         return Inventory(self.table.filter(keep), self.classes)

@@ -46,7 +46,9 @@ class CifarResNet(nn.Module):
         planes = [16, 32, 64]
         in_planes = 16
         for i, p in enumerate(planes):
-            layers = [_BasicBlock(in_planes if j == 0 else p, p, (1 if i == 0 else 2) if j == 0 else 1) for j in range(blocks)]
+            layers = [
+                _BasicBlock(in_planes if j == 0 else p, p, (1 if i == 0 else 2) if j == 0 else 1) for j in range(blocks)
+            ]
             setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
             in_planes = p
         self.linear = nn.Linear(64, num_classes) if num_classes else nn.Identity()

@@ -16,8 +16,8 @@ brightness and contrast of the visible ones).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import torch
 from timm.models.vision_transformer import Block, PatchEmbed
@@ -32,7 +32,9 @@ CHECKPOINTS: dict[str, tuple[str, str, bool]] = {
     "mae_visualize_vit_base": ("mae_vit_base_patch16", f"{_URL}/visualize/mae_visualize_vit_base.pth", False),
     "mae_visualize_vit_large": ("mae_vit_large_patch16", f"{_URL}/visualize/mae_visualize_vit_large.pth", False),
     "mae_visualize_vit_large_ganloss": (
-        "mae_vit_large_patch16", f"{_URL}/visualize/mae_visualize_vit_large_ganloss.pth", False
+        "mae_vit_large_patch16",
+        f"{_URL}/visualize/mae_visualize_vit_large_ganloss.pth",
+        False,
     ),
     "mae_pretrain_vit_base_full": ("mae_vit_base_patch16", f"{_URL}/pretrain/mae_pretrain_vit_base_full.pth", True),
     "mae_pretrain_vit_large_full": ("mae_vit_large_patch16", f"{_URL}/pretrain/mae_pretrain_vit_large_full.pth", True),
@@ -51,7 +53,9 @@ def sincos_pos_embed(dim: int, grid: int, cls_token: bool = True) -> torch.Tenso
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4.0))
     coords = torch.arange(grid, dtype=torch.float64)
     gw, gh = torch.meshgrid(coords, coords, indexing="xy")  # first half encodes w, second half h
-    parts = [torch.cat([torch.sin(c.reshape(-1, 1) * omega), torch.cos(c.reshape(-1, 1) * omega)], dim=1) for c in (gw, gh)]
+    parts = [
+        torch.cat([torch.sin(c.reshape(-1, 1) * omega), torch.cos(c.reshape(-1, 1) * omega)], dim=1) for c in (gw, gh)
+    ]
     embed = torch.cat(parts, dim=1)
     if cls_token:
         embed = torch.cat([torch.zeros(1, dim, dtype=torch.float64), embed])
@@ -186,7 +190,14 @@ def mae_vit_tiny_patch8(**kwargs) -> MaskedAutoencoderViT:
     """A ~40k-parameter MAE on 32 px images in 8 px patches, for tests."""
     kwargs.setdefault("img_size", 32)
     return MaskedAutoencoderViT(
-        patch_size=8, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2, **kwargs
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+        **kwargs,
     )
 
 

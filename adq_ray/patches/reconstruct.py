@@ -62,7 +62,9 @@ def reconstruct(mae: nn.Module, images: torch.Tensor, keep: torch.Tensor) -> tor
     return torch.where(expand_mask(keep.to(device), p), x, pixels).to(images.device)
 
 
-def restore(images: torch.Tensor, keep: torch.Tensor, mae: nn.Module | None = None, fill: Fill = "mean") -> torch.Tensor:
+def restore(
+    images: torch.Tensor, keep: torch.Tensor, mae: nn.Module | None = None, fill: Fill = "mean"
+) -> torch.Tensor:
     """Fill the dropped patches of assembled images: with `mae` if given, else by `fill`."""
     if mae is not None:
         return reconstruct(mae, images, keep)
@@ -82,7 +84,10 @@ def decode_rows(table: pa.Table) -> tuple[torch.Tensor, torch.Tensor]:
     kept = table["kept_idx"].combine_chunks()
     kept_idx = torch.from_numpy(kept.flatten().to_numpy().astype(np.int64).reshape(len(table), -1))
     patches = np.stack(
-        [decode_patches(data, codec, p) for data, codec in zip(table["patches"].to_pylist(), table["codec"].to_pylist())]
+        [
+            decode_patches(data, codec, p)
+            for data, codec in zip(table["patches"].to_pylist(), table["codec"].to_pylist())
+        ]
     )
     return assemble(kept_idx, torch.from_numpy(patches).permute(0, 1, 4, 2, 3), s // p)
 

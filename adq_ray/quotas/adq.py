@@ -98,4 +98,3 @@ def uniform_selection(n: int, rho: float, *, seed: int) -> Tensor:
     selected = torch.zeros(n, dtype=torch.bool)
     selected[torch.from_numpy(rng.choice(n, budget(n, rho), replace=False))] = True
     return selected
-

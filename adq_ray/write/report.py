@@ -78,23 +78,35 @@ def render_html(
     """The report page, referencing the PNGs that `write_report` names."""
     samples = "".join(
         f"<h3>Bin {b}</h3>"
-        + (_figure(f"samples_bin{b}.png", f"{len(found)} selected images of bin {b}.") if found else "<p>No samples.</p>")
+        + (
+            _figure(f"samples_bin{b}.png", f"{len(found)} selected images of bin {b}.")
+            if found
+            else "<p>No samples.</p>"
+        )
         for b, found in sorted(samples_per_bin.items())
     )
     kept = (
-        _figure("overlays.png", f"{len(overlays)} stored images, each followed by its patch mask "
-                "(dropped patches darkened and hatched).")
-        if overlays else "<p>No stored images to show.</p>"
+        _figure(
+            "overlays.png",
+            f"{len(overlays)} stored images, each followed by its patch mask (dropped patches darkened and hatched).",
+        )
+        if overlays
+        else "<p>No stored images to show.</p>"
     )
     evaluation = (
         _table(eval_rows) + _figure("accuracy.png", "Test accuracy against the sample ratio (final and best epoch).")
-        if eval_rows else "<p>No evaluation was run.</p>"
+        if eval_rows
+        else "<p>No evaluation was run.</p>"
     )
     sections = [
         ("summary", "Summary", _key_values(summary)),
-        ("bins", "Bins", _figure("bin_sizes.png", "Images per bin.")
-         + _figure("bin_scores.png", "Scores per bin, each normalised to sum to one over the bins.")
-         + _table(bin_table)),
+        (
+            "bins",
+            "Bins",
+            _figure("bin_sizes.png", "Images per bin.")
+            + _figure("bin_scores.png", "Scores per bin, each normalised to sum to one over the bins.")
+            + _table(bin_table),
+        ),
         ("quotas", "Quotas", _figure("quotas.png", "Bin size, quota and images selected per bin.")),
         ("samples", "Samples per bin", samples),
         ("overlays", "Kept patches", kept),

@@ -57,7 +57,10 @@ def report(config: Config, eval_rows: list[dict] | None = None) -> str:
     layout = Layout(config)
     manifest = read_parquet(layout.manifest)
     kept = manifest.filter(pc.equal(manifest["status"], KEPT))
-    shown = {b: kept.filter(pc.equal(kept["bin"], b))["sample_id"].to_numpy()[:SAMPLES_PER_BIN] for b in range(config.num_bins)}
+    shown = {
+        b: kept.filter(pc.equal(kept["bin"], b))["sample_id"].to_numpy()[:SAMPLES_PER_BIN]
+        for b in range(config.num_bins)
+    }
     inventory = layout.load_inventory(np.concatenate([np.zeros(0, np.int64), *shown.values()]))
     rows = read_images(replace(config, image_size=THUMBNAIL), inventory).take_all()
     image_of = {r["sample_id"]: r["image"] for r in rows if r["status"] == "ok"}

@@ -1,0 +1,41 @@
+"""Helpers and paths shared by the tests (a plain module: tests import it, pytest does not collect it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+CIFAR_TAR = SHARED / "data" / "cifar10-jpeg.tar.gz"
+RESNET20 = SHARED / "weights" / "resnet20-12fca82f.th"
+needs_shared = pytest.mark.skipif(
+    not CIFAR_TAR.exists(), reason=f"needs {SHARED} (the shared data folder beside the checkout); absent here"
+)
+
+
+def make_bucket(name: str) -> str:
+    """Create a bucket on the loopback S3 server (needs `s3_server`); returns its s3:// URL."""
+    import pyarrow.fs as pafs
+
+    fs = pafs.S3FileSystem(endpoint_override=os.environ["AWS_ENDPOINT_URL"], allow_bucket_creation=True)
+    fs.create_dir(name)
+    return f"s3://{name}"
+
+
+def write_image_folder(root: Path, classes: int = 3, per_class: int = 12, size: int = 40, seed: int = 0) -> Path:
+    """An ImageFolder tree of random-texture JPEG/PNG images, `root/<class>/<i>.<ext>`."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        d = root / f"class_{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = rng.integers(0, 256, size=(1, 1, 3))
+            noise = rng.normal(0, 10 + 10 * (i % 4), size=(size, size, 3))
+            pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+            ext = "png" if i % 3 == 0 else "jpg"
+            Image.fromarray(pixels).save(d / f"{i:04d}.{ext}")
+    return root

@@ -12,6 +12,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from adq_ray.errors import UserError
+from adq_ray.redact import redact_all
+
 Sampler = Literal["adq", "dq", "random"]
 Features = Literal["embedding", "gradient"]
 Codec = Literal["png", "jpeg", "raw"]
@@ -21,7 +24,7 @@ DecodeDevice = Literal["cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value is out of range or of the wrong kind."""
 
 
@@ -93,6 +96,7 @@ class Config:
         _check(0.0 < self.rho <= 1.0, f"rho must be in (0, 1], got {self.rho}")
         _check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
         _check(0.0 <= self.mask_ratio < 1.0, f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(self.num_bins >= 1, f"num_bins must be >= 1, got {self.num_bins}")
         _check(
             self.max_group >= self.num_bins, f"max_group must be >= num_bins ({self.num_bins}), got {self.max_group}"
@@ -136,7 +140,8 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        """The config as an artifact (config.json): credentials in URIs are masked (`redact`)."""
+        return json.dumps(redact_all(self.to_dict()), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:

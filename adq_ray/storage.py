@@ -14,7 +14,10 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from adq_ray.errors import OwnershipError
+
 SUCCESS = "_SUCCESS"
+OWNED = "_ADQ_OWNED"  # marks a directory adq-ray created (staging, then committed): the only kind `commit` replaces
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -99,18 +102,29 @@ def commit(staging: str, final: str, meta: dict[str, Any] | None = None) -> None
     """
     fs, src = resolve(staging)
     _, dst = resolve(final)
+    if not exists(join(staging, OWNED)):
+        write_bytes(join(staging, OWNED), b"{}")  # staging is the caller's own: mark it (and what it becomes)
     if fs.get_file_info(dst).type != pafs.FileType.NotFound:
+        if not exists(join(final, OWNED)):
+            raise OwnershipError(
+                f"refusing to replace {final}: adq-ray did not create it (no {OWNED} marker); move it away"
+            )
         fs.delete_dir(dst)
     if isinstance(fs, pafs.LocalFileSystem):
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         os.replace(src, dst)
     else:
         selector = pafs.FileSelector(src, recursive=True)
-        for info in fs.get_file_info(selector):
-            if info.type == pafs.FileType.File:
-                fs.copy_file(info.path, dst + info.path[len(src) :])
+        # The marker first: a copy cut short still carries it, so the next commit may replace it.
+        files = sorted((i for i in fs.get_file_info(selector) if i.type == pafs.FileType.File), key=_marker_first)
+        for info in files:
+            fs.copy_file(info.path, dst + info.path[len(src) :])
         fs.delete_dir(src)
     write_json(join(final, SUCCESS), meta or {})
+
+
+def _marker_first(info: pafs.FileInfo) -> tuple[bool, str]:
+    return info.base_name != OWNED, info.path
 
 
 def remove(uri: str) -> None:

@@ -87,6 +87,11 @@ class Config:
     precision: Precision = option("auto", "embed", "fp32 or bf16 (auto: bf16 autocast on CUDA)")
     num_actors: int = option(0, None, "actor pool size (0 = one per GPU, else one per CPU); throughput only")
     cpus_per_actor: float = option(0.5, None, "CPU share of each CPU actor; throughput only")
+    # Object storage: retries, timeouts and the stall limit (docs/RELIABILITY.md); they change no output.
+    storage_attempts: int = option(5, None, "tries per object-store request and per operation (backoff with jitter)")
+    connect_timeout: float = option(10.0, None, "seconds to open a connection to the object store")
+    request_timeout: float = option(60.0, None, "seconds an object-store request may go without a byte moving")
+    stall_seconds: float = option(120.0, None, "a stage with no progress this long fails; also caps retrying (0 = off)")
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -116,6 +121,10 @@ class Config:
         _check(self.max_image_pixels > 0, "max_image_pixels must be > 0")
         _check(self.num_actors >= 0, f"num_actors must be >= 0 (0 = auto), got {self.num_actors}")
         _check(self.cpus_per_actor > 0, f"cpus_per_actor must be > 0, got {self.cpus_per_actor}")
+        _check(self.storage_attempts >= 1, f"storage_attempts must be >= 1, got {self.storage_attempts}")
+        _check(self.connect_timeout > 0, f"connect_timeout must be > 0 seconds, got {self.connect_timeout}")
+        _check(self.request_timeout > 0, f"request_timeout must be > 0 seconds, got {self.request_timeout}")
+        _check(self.stall_seconds >= 0, f"stall_seconds must be >= 0 (0 = no limit), got {self.stall_seconds}")
 
     @property
     def grid(self) -> int:

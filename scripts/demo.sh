@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Set up, then compress the embedded default dataset (CIFAR-10 subset from ../shared) into outputs/cifar10-demo.
+# Set up, then compress the embedded default dataset (the CIFAR-10 subset shipped in adq_ray/data) into
+# outputs/cifar10-demo; arguments go to jobs/compress.py (adq compress flags override the demo's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python jobs/compress.py "$@"
-echo "report: outputs/cifar10-demo/report/report.html"

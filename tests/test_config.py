@@ -69,3 +69,29 @@ def test_cli_reports_bad_value_as_one_line(capsys):
     assert "rho must be in (0, 1]" in capsys.readouterr().err
     assert main(["compress", "--output", "b"]) == 2
     assert "missing required config: --input" in capsys.readouterr().err
+
+
+# Fields that change no output, so they join no stage fingerprint; each with the reason why.
+EXEMPT = {
+    "output": "a location: the products go there, the stage cache keys on what is computed, not where it lands",
+    "cache": "a location: sharing a cache between outputs is the point of the fingerprints",
+    "batch_size": "a throughput knob: every per-row result is independent of how rows are batched",
+    "num_actors": "a throughput knob: the pool size changes scheduling, not results",
+    "cpus_per_actor": "a throughput knob: a CPU share changes scheduling, not results",
+    "storage_attempts": "reliability: retries change whether a request succeeds, never what it returns",
+    "connect_timeout": "reliability: a timeout changes when a request fails, never what it returns",
+    "request_timeout": "reliability: a timeout changes when a request fails, never what it returns",
+    "stall_seconds": "reliability: the stall limit changes when a stage fails, never what it writes",
+}
+
+
+def test_every_field_joins_a_stage_or_is_exempt_with_a_reason():
+    from adq_ray.config import field_help, field_stage, field_types
+    from adq_ray.layout import STAGE_FIELDS, STAGES
+
+    unkeyed = {name for name in field_types() if field_stage(name) is None}
+    assert unkeyed == set(EXEMPT), "a field with stage None needs a reason in EXEMPT (or a stage in config.option)"
+    keyed = {name for fields in STAGE_FIELDS.values() for name in fields}
+    assert keyed | unkeyed == set(field_types()) and not keyed & unkeyed
+    assert all(field_stage(name) in STAGES for name in keyed)
+    assert all(field_help(name) for name in field_types()), "every field needs a help line"

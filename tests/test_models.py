@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from util import SHARED, make_bucket
+from util import SHARED, make_bucket, needs_shared
 
 from adq_ray import storage
 from adq_ray.models import create_model, load_state_dict
@@ -13,6 +13,7 @@ from adq_ray.models import create_model, load_state_dict
 RESNET20 = SHARED / "weights" / "resnet20-12fca82f.th"
 
 
+@needs_shared
 def test_cifar_resnet20_loads_the_shared_checkpoint_exactly():
     model = create_model("cifar_resnet20", str(RESNET20))
     state = load_state_dict(str(RESNET20))
@@ -33,6 +34,7 @@ def test_weights_from_s3_match_local(s3_server, tmp_path):
         assert torch.equal(a, b), k
 
 
+@needs_shared
 def test_checkpoint_without_head_loads_and_wrong_one_fails(tmp_path):
     model = create_model("resnet18", "random")
     headless = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}

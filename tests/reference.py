@@ -6,7 +6,9 @@ factorisations, no vectorised tricks. Only for tiny inputs.
 
 from __future__ import annotations
 
+import itertools
 import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -28,14 +30,13 @@ def cosine_matrix(features: np.ndarray) -> np.ndarray:
     return out
 
 
-def graphcut_bins(features: np.ndarray, num_bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """DQ bins of one class (rows in id order): every gain recomputed from scratch at every step."""
+def graphcut_bins(features: np.ndarray, sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """DQ bins of one pool (rows in id order) with bin sizes `sizes`: every gain recomputed at every step."""
     s = 0.5 + 0.5 * cosine_matrix(features.astype(np.float64))
     n = len(s)
     bins, ranks = np.full(n, -1), np.full(n, -1)
     pool = list(range(n))
-    for k in range(num_bins):
-        size = len(pool) if k == num_bins - 1 else math.floor(len(pool) / (num_bins - k) + 0.5)
+    for k, size in enumerate(sizes):
         chosen: list[int] = []
         for step in range(size):
             best, best_gain = None, -math.inf
@@ -51,22 +52,41 @@ def graphcut_bins(features: np.ndarray, num_bins: int) -> tuple[np.ndarray, np.n
     return bins, ranks
 
 
-def assign_bins(features: np.ndarray, labels: np.ndarray, num_bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """`graphcut_bins` class by class (each class's samples in ascending id order)."""
+def dq_bin_sizes(pool_of: list[int], num_bins: int) -> dict[int, list[int]]:
+    """Bin sizes per pool, DQ's loop literally (quantize_sample.py + Submodular.finish_run).
+
+    pool_of: the pool (class, or k-means group) of every sample. coreset_size = round(|D| / N); then for
+    each bin but the last, fraction = coreset_size / len(avail_indices) and each pool takes
+    round(fraction * len(its samples still available)); the last bin is whatever is left.
+    """
+    avail = list(range(len(pool_of)))
+    coreset_size = round(len(pool_of) / num_bins)
+    out: dict[int, list[int]] = {p: [] for p in pool_of}
+    for _ in range(num_bins - 1):
+        fraction = coreset_size / len(avail)
+        taken = []
+        for p in sorted(out):
+            members = [i for i in avail if pool_of[i] == p]
+            budget = round(fraction * len(members))
+            out[p].append(budget)
+            taken += members[:budget]  # which ones does not matter for the sizes
+        avail = [i for i in avail if i not in set(taken)]
+    for p in out:
+        out[p].append(sum(1 for i in avail if pool_of[i] == p))
+    return out
+
+
+def assign_bins(
+    features: np.ndarray, labels: np.ndarray, num_bins: int, pools: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`graphcut_bins` pool by pool (each pool's samples in ascending id order); pools default to the classes."""
+    pools = labels if pools is None else pools
+    sizes = dq_bin_sizes(pools.tolist(), num_bins)
     bins, ranks = np.full(len(labels), -1), np.full(len(labels), -1)
-    for c in np.unique(labels):
-        ids = np.flatnonzero(labels == c)
-        bins[ids], ranks[ids] = graphcut_bins(features[ids], num_bins)
+    for p in np.unique(pools):
+        ids = np.flatnonzero(pools == p)
+        bins[ids], ranks[ids] = graphcut_bins(features[ids], sizes[int(p)])
     return bins, ranks
-
-
-def bin_size_schedule(size: int, num_bins: int) -> list[int]:
-    """m_k = floor(|U| / (N - k) + 0.5) from what is left; the last bin takes the rest."""
-    out, left = [], size
-    for k in range(num_bins - 1):
-        out.append(math.floor(left / (num_bins - k) + 0.5))
-        left -= out[-1]
-    return out + [left]
 
 
 def texture_level(images: np.ndarray) -> np.ndarray:
@@ -121,10 +141,44 @@ def apportion(floors: list[int], remainders: list, capacity: list[int], total: i
 
 
 def adq_bin_quotas(sizes: list[int], rep: list[float], div: list[float], rho: float, alpha: float) -> list[int]:
-    """q_n from the spec's formulas in plain Python floats."""
+    """q_n from the spec's formulas in exact rationals: every float input taken at its exact value."""
     total = sum(sizes)
-    budget = math.floor(rho * total + 0.5)
-    importance = [(r / sum(rep) + d / sum(div)) / 2 for r, d in zip(rep, div)]
-    ideal = [alpha * i * budget + (1 - alpha) * (s * budget / total) for i, s in zip(importance, sizes)]
+    budget = math.floor(rho * total + 0.5)  # the spec's B, on the float rho as given
+    rep_f, div_f, a = [Fraction(r) for r in rep], [Fraction(d) for d in div], Fraction(alpha)
+    ideal = []
+    for r, d, s in zip(rep_f, div_f, sizes):
+        weight = (r / sum(rep_f) + d / sum(div_f)) / 2
+        ideal.append(budget * (a * weight + (1 - a) * Fraction(s, total)))
     floors = [math.floor(v) for v in ideal]
     return apportion(floors, [v - f for v, f in zip(ideal, floors)], sizes, budget)
+
+
+def controlled_rounding(quotas: list[int], cells: list[list[int]], tie_rank: list[int]) -> set[tuple[int, ...]]:
+    """Every optimal vector of class totals, by brute force over all floor/ceil choices of the fractional cells.
+
+    Feasible: each cell floor or ceil of q_n cell / N(n), rows sum to q_n, class totals floor or ceil of
+    t_c. Optimal: the set of classes rounded up is lexicographically best in the order (largest frac(t_c)
+    first, ties by `tie_rank`). Only for a few fractional cells (2^cells choices).
+    """
+    rows, cols = len(cells), len(cells[0])
+    ideal = [
+        [Fraction(quotas[n] * cells[n][c], sum(cells[n])) if sum(cells[n]) else Fraction(0) for c in range(cols)]
+        for n in range(rows)
+    ]
+    totals = [sum((ideal[n][c] for n in range(rows)), Fraction(0)) for c in range(cols)]
+    priority = sorted(range(cols), key=lambda c: (-(totals[c] - math.floor(totals[c])), tie_rank[c]))
+    fractional = [(n, c) for n in range(rows) for c in range(cols) if ideal[n][c].denominator != 1]
+    best: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    for choice in itertools.product((0, 1), repeat=len(fractional)):
+        table = [[math.floor(ideal[n][c]) for c in range(cols)] for n in range(rows)]
+        for (n, c), up in zip(fractional, choice):
+            table[n][c] += up
+        if any(sum(table[n]) != quotas[n] for n in range(rows)):
+            continue
+        col = tuple(sum(table[n][c] for n in range(rows)) for c in range(cols))
+        if any(col[c] not in (math.floor(totals[c]), math.ceil(totals[c])) for c in range(cols)):
+            continue
+        key = tuple(int(col[c] > totals[c]) for c in priority)
+        best.append((key, col))
+    top = max(key for key, _ in best)
+    return {col for key, col in best if key == top}

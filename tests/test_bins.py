@@ -65,24 +65,75 @@ def test_exact_ties_go_to_the_lowest_id():
 
 
 def test_blocking_does_not_change_the_result():
-    features, labels = _data([50, 31, 44, 12, 50], 8, 7)
-    together = assign_bins(features, labels, 6, dtype=torch.float64)
-    one_by_one = assign_bins(features, labels, 6, dtype=torch.float64, block_bytes=1)
-    assert torch.equal(together.bin, one_by_one.bin) and torch.equal(together.rank, one_by_one.rank)
+    """Classes of different sizes padded into one block, and one block per class, both equal the reference.
+
+    Planted bug caught: padding not masked out of the similarity (padded rows then add to every gain).
+    """
+    features, labels = _data([30, 21, 34, 12, 30], 8, 7)
+    expected_bins, expected_ranks = reference.assign_bins(features.numpy(), labels.numpy(), 6)
+    for block_bytes in (None, 1):
+        bins = assign_bins(features, labels, 6, dtype=torch.float64, block_bytes=block_bytes)
+        np.testing.assert_array_equal(bins.bin.numpy(), expected_bins)
+        np.testing.assert_array_equal(bins.rank.numpy(), expected_ranks)
 
 
 def test_bins_partition_each_class_with_the_size_schedule():
+    """Bin sizes per class equal DQ's rule (reference.dq_bin_sizes, DQ's loop literally) and ranks count 0..m-1.
+
+    Planted bug caught: the old per-class rule floor(|U| / (N - k) + 0.5), which differs on these unbalanced
+    classes (it ignores the other classes' pools in f_k = round(|D| / N) / |A_k|).
+    """
     sizes = [10, 11, 19, 64, 99, 100, 137]
     features, labels = _data(sizes, 6, 8)
     bins = assign_bins(features.float(), labels, 10)
+    expected = reference.dq_bin_sizes(labels.tolist(), 10)
     for c, size in enumerate(sizes):
         in_class = labels == c
         counts = torch.bincount(bins.bin[in_class], minlength=10).tolist()
-        assert counts == reference.bin_size_schedule(size, 10)
+        assert counts == expected[c] and sum(counts) == size
         for k in range(10):
             ranks = bins.rank[in_class & (bins.bin == k)].sort().values
             assert torch.equal(ranks, torch.arange(counts[k]))
-    assert bin_sizes(torch.tensor(sizes), 10).tolist() == [reference.bin_size_schedule(s, 10) for s in sizes]
+
+
+@pytest.mark.parametrize(
+    "sizes,num_bins",
+    [
+        ([105], 10),
+        ([55], 10),
+        ([65], 10),
+        ([25, 35], 10),
+        ([732, 1300, 901, 1007], 10),
+        ([45, 55, 5, 95], 10),
+        ([7, 9, 3], 3),
+    ],
+)
+def test_bin_sizes_follow_dqs_rule(sizes, num_bins):
+    """`bin_sizes` against DQ's loop run literally in Python floats: unbalanced classes and .5 cases.
+
+    Planted bug caught: the old floor(|U| / (N - k) + 0.5) rule ([11, 10, 11, ...] for one class of 105).
+    """
+    pool_of = [c for c, s in enumerate(sizes) for _ in range(s)]
+    expected = reference.dq_bin_sizes(pool_of, num_bins)
+    assert bin_sizes(torch.tensor(sizes), num_bins).tolist() == [expected[c] for c in range(len(sizes))]
+    if sizes == [105]:
+        assert expected[0] == [10] * 9 + [15]
+
+
+def test_bin_sizes_are_global_when_classes_are_binned_apart():
+    """Binning some classes (as one Ray task does) with `class_sizes` of all gives the same bins as all at once.
+
+    Planted bug caught: f_k computed from the task's own classes only (bin sizes then depend on the task split).
+    """
+    features, labels = _data([33, 71, 18, 52], 5, 16)
+    whole = assign_bins(features, labels, 5, dtype=torch.float64)
+    sizes = {c: int((labels == c).sum()) for c in range(4)}
+    for part in ([0, 2], [1], [3]):
+        mask = torch.isin(labels, torch.tensor(part))
+        alone = assign_bins(features[mask], labels[mask], 5, class_sizes=sizes, dtype=torch.float64)
+        assert torch.equal(alone.bin, whole.bin[mask]) and torch.equal(alone.rank, whole.rank[mask])
+    with pytest.raises(ValueError, match=r"class_sizes\[0\] is 30"):
+        assign_bins(features, labels, 5, class_sizes={**sizes, 0: 30})
 
 
 def test_split_groups_are_balanced_ascending_and_partition():
@@ -112,43 +163,55 @@ def test_large_class_is_split_into_its_clusters_then_binned():
     features = (centers[cluster] + torch.randn(240, 16, generator=g, dtype=torch.float64)).double()
     labels = torch.zeros(240, dtype=torch.long)
     bins = assign_bins(features, labels, 5, max_group=60, dtype=torch.float64)
+    sizes = reference.dq_bin_sizes(cluster.tolist(), 5)  # f_k over the whole class, applied to each group
     for c in range(4):  # well-separated clusters of 60: each is exactly one group
         ids = torch.nonzero(cluster == c).squeeze(1)
-        expected_bins, expected_ranks = reference.graphcut_bins(features[ids].numpy(), 5)
+        expected_bins, expected_ranks = reference.graphcut_bins(features[ids].numpy(), sizes[c])
         np.testing.assert_array_equal(bins.bin[ids].numpy(), expected_bins)
         np.testing.assert_array_equal(bins.rank[ids].numpy(), expected_ranks)
 
 
 def test_split_class_still_partitions():
+    """Split classes: each (class, bin) holds, per group, ranks 0..m-1 with m from DQ's rule over all groups.
+
+    130 -> groups (33, 33, 32, 32), 45 -> (23, 22); the reference runs DQ's loop on those six pools.
+    Planted bugs caught: f_k computed inside each group alone (A_k = the group), and ranks counted per
+    class instead of per group.
+    """
     features, labels = _data([130, 45], 6, 12)
     bins = assign_bins(features.float(), labels, 4, max_group=40, seed=3)
-    for c, groups in ((0, 4), (1, 2)):  # 130 -> 4 groups (33, 33, 32, 32); 45 -> 2 (23, 22)
-        counts = torch.bincount(bins.bin[labels == c], minlength=4)
-        assert int(counts.sum()) == int((labels == c).sum())
-        assert torch.bincount(bins.rank[(labels == c) & (bins.bin == 0)]).max() == groups
+    groups = {0: [33, 33, 32, 32], 1: [23, 22]}
+    pool_of = [p for p, size in enumerate(groups[0] + groups[1]) for _ in range(size)]
+    sizes = reference.dq_bin_sizes(pool_of, 4)
+    first = {0: 0, 1: 4}
+    for c, group in groups.items():
+        for k in range(4):
+            per_group = [sizes[first[c] + g][k] for g in range(len(group))]
+            expected = sorted(r for m in per_group for r in range(m))
+            assert bins.rank[(labels == c) & (bins.bin == k)].sort().values.tolist() == expected
     assert torch.equal(bins.bin, assign_bins(features.float(), labels, 4, max_group=40, seed=3).bin)
 
 
 @pytest.mark.parametrize(
     "change,match",
     [
-        (lambda f, l, g: (f.masked_fill(f > 1.5, float("nan")), l, None), "NaN"),
-        (lambda f, l, g: (f, l, g.masked_fill(g > 1.5, float("inf"))), "grads contain"),
-        (lambda f, l, g: (f[:0], l[:0], None), "empty"),
-        (lambda f, l, g: (f, l[:-1], None), "labels must be"),
-        (lambda f, l, g: (f, l.float(), None), "integer"),
-        (lambda f, l, g: (f, l - 1, None), ">= 0"),
-        (lambda f, l, g: (f, l, g[:-1]), "grads must be"),
-        (lambda f, l, g: (f[0], l, None), "features must be"),
-        (lambda f, l, g: (f[:14], l[:14], None), "fewer than num_bins"),
+        (lambda f, lab, g: (f.masked_fill(f > 1.5, float("nan")), lab, None), "NaN"),
+        (lambda f, lab, g: (f, lab, g.masked_fill(g > 1.5, float("inf"))), "grads contain"),
+        (lambda f, lab, g: (f[:0], lab[:0], None), "empty"),
+        (lambda f, lab, g: (f, lab[:-1], None), "labels must be"),
+        (lambda f, lab, g: (f, lab.float(), None), "integer"),
+        (lambda f, lab, g: (f, lab - 1, None), ">= 0"),
+        (lambda f, lab, g: (f, lab, g[:-1]), "grads must be"),
+        (lambda f, lab, g: (f[0], lab, None), "features must be"),
+        (lambda f, lab, g: (f[:14], lab[:14], None), "fewer than num_bins"),
     ],
 )
 def test_bad_inputs_raise(change, match):
     features, labels = _data([20, 20], 4, 13)
     grads = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
-    f, l, g = change(features, labels, grads)
+    f, lab, g = change(features, labels, grads)
     with pytest.raises(ValueError, match=match):
-        assign_bins(f, l, 10, grads=g)
+        assign_bins(f, lab, 10, grads=g)
 
 
 def test_bad_num_bins_raise():

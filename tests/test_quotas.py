@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from fractions import Fraction
 
@@ -62,6 +63,11 @@ def test_largest_remainder_equals_literal_round_robin():
 
 
 def test_adq_quotas_sum_to_the_budget():
+    """Against an exact-rational reference (tests/reference.py builds the ideal in Fractions, not floats).
+
+    Planted bug caught: deciding the remainders in float64 (the old `ideal - ideal.floor()`), which hands
+    exact ties such as 1/3, 1/3, 7/3 to a higher bin; the tie cases below make it fail.
+    """
     rng = np.random.default_rng(2)
     for case in range(400):
         num_bins = int(rng.integers(1, 12))
@@ -69,7 +75,10 @@ def test_adq_quotas_sum_to_the_budget():
         rep, div = rng.random(num_bins) + 0.01, rng.random(num_bins) + 0.01
         if case % 4 == 0:  # overflow: a tiny bin with nearly all the importance
             sizes[0], rep[0], div[0] = 1, 1e6, 1e6
-        rho, alpha = float(rng.choice([rng.random(), 1.0, 1e-3])), float(rng.choice([rng.random(), 0.0, 1.0]))
+        if case % 4 == 1:  # exact ties: equal scores, alpha 0, sizes with equal fractional shares
+            sizes = rng.choice([1, 1, 4, 7], num_bins)
+            rep, div = np.ones(num_bins), np.ones(num_bins)
+        rho, alpha = float(rng.choice([rng.random(), 1.0, 1e-3, 1 / 3])), float(rng.choice([rng.random(), 0.0, 1.0]))
         rho = max(rho, 1e-3)
         quotas = adq_bin_quotas(torch.tensor(sizes), torch.tensor(rep), torch.tensor(div), rho=rho, alpha=alpha)
         assert int(quotas.sum()) == budget(int(sizes.sum()), rho) == math.floor(rho * sizes.sum() + 0.5)
@@ -77,21 +86,112 @@ def test_adq_quotas_sum_to_the_budget():
         assert quotas.tolist() == reference.adq_bin_quotas(sizes.tolist(), rep.tolist(), div.tolist(), rho, alpha)
 
 
-def test_split_over_classes_is_exact_largest_remainder():
+def test_exact_ties_go_to_the_lower_bin():
+    """Ideals 1/3, 1/3, 7/3 are an exact three-way tie: the lowest bin gets the spare image (spec section 4).
+
+    Planted bug caught: float remainders (7/3 - 2 rounds above 1/3 in float64), which gave [0, 0, 3].
+    """
+    quotas = adq_bin_quotas(torch.tensor([1, 1, 7]), torch.ones(3), torch.ones(3), rho=1 / 3, alpha=0)
+    assert quotas.tolist() == [1, 0, 2]
+    rep = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float32)  # float32 scores: still exact
+    assert adq_bin_quotas(torch.tensor([5, 5, 5]), rep, rep, rho=0.2, alpha=1.0).tolist() == [1, 1, 1]
+
+
+def _check_rounding(quotas: torch.Tensor, cells: torch.Tensor, counts: torch.Tensor) -> None:
+    """Rows exact, every cell floor/ceil of its ideal (so within its size), class totals floor/ceil of t_c."""
+    q, c, out = quotas.tolist(), cells.tolist(), counts.tolist()
+    for n in range(len(q)):
+        assert sum(out[n]) == q[n]
+        for k in range(len(c[n])):
+            ideal = Fraction(q[n] * c[n][k], sum(c[n])) if sum(c[n]) else Fraction(0)
+            assert out[n][k] in (math.floor(ideal), math.ceil(ideal)) and 0 <= out[n][k] <= c[n][k]
+    for k in range(len(c[0])):
+        t = sum((Fraction(q[n] * c[n][k], sum(c[n])) for n in range(len(q)) if sum(c[n])), Fraction(0))
+        assert sum(out[n][k] for n in range(len(q))) in (math.floor(t), math.ceil(t))
+
+
+def test_controlled_rounding_equals_brute_force():
+    """Small random (bin x class) matrices against every floor/ceil choice, enumerated (tests/reference.py).
+
+    Planted bugs caught: rounding bin by bin (class totals leave floor/ceil), and taking the up-classes in
+    index order instead of largest fractional part first (feasible, but not the preferred rounding).
+    """
     rng = np.random.default_rng(3)
-    for _ in range(100):
-        cells = torch.tensor(rng.integers(0, 50, (4, 5)))
+    checked = 0
+    for case in range(200):
+        rows, cols = int(rng.integers(1, 4)), int(rng.integers(1, 6))
+        cells = torch.tensor(rng.integers(0, 7, (rows, cols)))
         cells[:, 0] += 1
         quotas = torch.tensor([int(rng.integers(0, int(s) + 1)) for s in cells.sum(1)])
-        split = split_over_classes(quotas, cells)
-        assert torch.equal(split.sum(1), quotas) and (split <= cells).all()
-        for n in range(4):
-            exact = [Fraction(int(c) * int(quotas[n]), int(cells[n].sum())) for c in cells[n]]
-            floors = [math.floor(e) for e in exact]
-            expected = reference.apportion(
-                floors, [e - f for e, f in zip(exact, floors)], cells[n].tolist(), int(quotas[n])
-            )
-            assert split[n].tolist() == expected
+        if (cells * quotas[:, None] % cells.sum(1, keepdim=True)).ne(0).sum() > 12:
+            continue  # too many fractional cells to enumerate
+        split = split_over_classes(quotas, cells, seed=case)
+        _check_rounding(quotas, cells, split)
+        tie_rank = np.random.default_rng([case, 4]).permutation(cols).tolist()  # the project's seeded permutation
+        assert tuple(split.sum(0).tolist()) in reference.controlled_rounding(quotas.tolist(), cells.tolist(), tie_rank)
+        checked += 1
+    assert checked > 100
+
+
+def test_controlled_rounding_holds_on_large_random_matrices():
+    """10 bins x 1000 classes of uneven cells: rows exact, cells and class totals floor/ceil (exact check)."""
+    rng = np.random.default_rng(15)
+    cells = torch.tensor(rng.integers(0, 40, (10, 1000)) * rng.integers(0, 2, (10, 1000)))
+    cells[:, 0] += 1
+    for rho in (0.03, 0.1, 0.37):
+        quotas = (cells.sum(1) * rho).long()
+        _check_rounding(quotas, cells, split_over_classes(quotas, cells, seed=1))
+
+
+@pytest.mark.parametrize("rho", [0.05, 0.1, 0.2, 0.3])
+@pytest.mark.parametrize("alpha", [0.0, 0.7])
+def test_no_class_starves_on_202_classes_of_50(rho, alpha):
+    """202 classes x 50 images in 10 bins: every class within one image of its ideal t_c, every bin exact.
+
+    Planted bug caught: the old bin-by-bin largest remainder with ties to the lower class, which gave
+    classes 0-99 ten images and classes 102-201 none at rho 0.1.
+    """
+    g = torch.Generator().manual_seed(14)
+    labels = torch.arange(202).repeat_interleave(50)
+    bins = torch.cat([torch.randperm(50, generator=g) % 10 for _ in range(202)])  # 5 per (bin, class) cell
+    texture = torch.rand(len(bins), generator=g, dtype=torch.float64)
+    views = _unit(torch.randn(len(bins), 4, generator=g, dtype=torch.float64) + 1)
+    s = select(bins, labels, texture, 2 * views, num_bins=10, rho=rho, alpha=alpha, seed=3)
+    per_class = torch.bincount(labels[s.selected], minlength=202)
+    quotas = reference.adq_bin_quotas([1010] * 10, s.scores.rep.tolist(), s.scores.div.tolist(), rho, alpha)
+    ideal = float(sum(Fraction(q * 5, 1010) for q in quotas))  # the same for every class
+    assert (per_class.double() - ideal).abs().max() < 1
+    assert s.count.tolist() == quotas and int(s.selected.sum()) == math.floor(rho * 10100 + 0.5)
+
+
+def test_rounding_ties_follow_a_seeded_permutation_of_the_classes():
+    """Identical classes tie exactly: which get the spare image depends on the seed, never on the index.
+
+    Planted bug caught: breaking ties by class index (the classes getting the spare are always 0..k-1).
+    """
+    cells = torch.ones(3, 12, dtype=torch.long)
+    quotas = torch.tensor([2, 2, 2])  # t_c = 1/2 for every class: 6 of the 12 get one image
+    ups = {tuple(split_over_classes(quotas, cells, seed=s).sum(0).tolist()) for s in range(8)}
+    assert len(ups) > 1 and (1,) * 6 + (0,) * 6 not in ups
+    assert all(sum(u) == 6 for u in ups)
+    assert torch.equal(split_over_classes(quotas, cells, seed=5), split_over_classes(quotas, cells, seed=5))
+
+
+def test_starved_classes_are_named_in_a_warning(caplog):
+    """Tiny classes whose ideal share is below one image may get none; the warning names those that do.
+
+    Planted bug caught: a warning that never fires, or names the wrong classes.
+    """
+    labels = torch.cat([torch.zeros(200, dtype=torch.long), torch.tensor([7, 8] * 5)])
+    bins = torch.arange(210) % 5
+    texture, views = torch.ones(210, dtype=torch.float64), torch.ones(210, 3, dtype=torch.float64)
+    with caplog.at_level(logging.WARNING, logger="adq_ray"):
+        s = select(bins, labels, texture, views, num_bins=5, rho=0.05, alpha=0.0, seed=0)
+    kept = torch.bincount(labels[s.selected], minlength=9)
+    zero = [c for c in (7, 8) if kept[c] == 0]
+    assert zero, "setup: at least one tiny class rounds to zero"
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert "get no image" in message and all(f"{c} (" in message for c in zero) and "0 (" not in message
 
 
 @pytest.mark.parametrize("rho", [0.125, 0.25, 0.375, 0.5, 1.0])
@@ -125,19 +225,30 @@ def test_draw_takes_the_counts_and_depends_only_on_its_cell():
 
 @pytest.mark.parametrize("sampler", ["adq", "dq", "random"])
 def test_select_is_seeded_and_meets_its_budget(sampler):
+    """Per-cell counts of the selected samples against references computed here, not by `select`'s helpers.
+
+    adq: bin totals equal reference.adq_bin_quotas on reference.bin_scores, cells floor/ceil of their ideal;
+    dq: every cell Python's round(rho * cell), as DQ's code; random: exactly floor(rho n + 0.5).
+    Planted bugs caught: dq_cell_counts with floor instead of round-half-even; `draw` taking q - 1 from
+    each non-empty cell; select passing alpha=0 to the quotas.
+    """
     bins, labels, texture, view1, view2 = _dataset(400, 3, 10, 6)
     kwargs = dict(num_bins=10, rho=0.2, alpha=0.7, sampler=sampler)
     a = select(bins, labels, texture, view1 + view2, seed=1, **kwargs)
     b = select(bins, labels, texture, view1 + view2, seed=1, **kwargs)
     c = select(bins, labels, texture, view1 + view2, seed=2, **kwargs)
     assert torch.equal(a.selected, b.selected) and not torch.equal(a.selected, c.selected)
-    assert torch.equal(a.count, torch.bincount(bins[a.selected], minlength=10))
-    if sampler == "dq":
-        assert int(a.selected.sum()) == int(dq_cell_counts(cell_sizes(bins, labels, 10)[1], 0.2).sum())
-    else:
-        assert int(a.selected.sum()) == budget(400, 0.2) == 80
-    if sampler != "random":
-        assert torch.equal(a.quota, a.count)
+    cells = [[int(((bins == n) & (labels == k)).sum()) for k in range(3)] for n in range(10)]
+    chosen = [[int(((bins == n) & (labels == k) & a.selected).sum()) for k in range(3)] for n in range(10)]
+    if sampler == "adq":
+        rep, div = reference.bin_scores(bins.numpy(), texture.numpy(), view1.numpy(), view2.numpy(), 10)
+        quotas = reference.adq_bin_quotas([sum(row) for row in cells], rep.tolist(), div.tolist(), 0.2, 0.7)
+        _check_rounding(torch.tensor(quotas), torch.tensor(cells), torch.tensor(chosen))
+        assert a.quota.tolist() == a.count.tolist() == quotas
+    elif sampler == "dq":
+        assert chosen == [[round(0.2 * cell) for cell in row] for row in cells]
+    assert int(a.selected.sum()) == (sum(map(sum, chosen)) if sampler == "dq" else math.floor(0.2 * 400 + 0.5))
+    assert a.count.tolist() == [sum(row) for row in chosen]
     rows = json.loads(json.dumps(a.table()))
     assert [r["bin"] for r in rows] == list(range(10)) and sum(r["selected"] for r in rows) == int(a.selected.sum())
     assert sum(r["importance"] for r in rows) == pytest.approx(1) and sum(r["share"] for r in rows) == pytest.approx(1)

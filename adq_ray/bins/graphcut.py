@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from adq_ray.bins.grouping import split_groups
+from adq_ray.bins.grouping import group_sizes, split_groups
 from adq_ray.bins.similarity import cosine, gradient_cosine, similarity
 
 _CPU_BLOCK_BYTES = 256 * 2**20
@@ -29,20 +29,28 @@ class Bins:
 
 
 def bin_sizes(sizes: Tensor, num_bins: int) -> Tensor:
-    """(G,) group sizes -> (G, N) bin sizes m_k = floor(|U| / (N - k) + 0.5); the last bin is the rest."""
-    left = sizes.clone()
-    out = torch.empty(len(sizes), num_bins, dtype=torch.long, device=sizes.device)
+    """(G,) pool sizes of every group of the dataset -> (G, N) bin sizes by DQ's rule (spec section 2).
+
+    c = round(|D| / N) once (|D| = sum of sizes); for bin k < N - 1, f_k = c / |A_k| with A_k every
+    sample not yet binned, and a group with U samples left gives round(f_k U); the last bin is the rest.
+    round is half-even, and f_k and f_k U are float64 products exactly as DQ computes them in Python.
+    """
+    left = np.asarray(sizes.cpu(), dtype=np.int64).copy()
+    quotient, remainder = divmod(int(left.sum()), num_bins)  # round(|D| / N) half-even, in integers
+    per_bin = quotient + (2 * remainder > num_bins or (2 * remainder == num_bins and quotient % 2 == 1))
+    out = np.empty((len(left), num_bins), dtype=np.int64)
     for k in range(num_bins - 1):
-        parts = num_bins - k
-        out[:, k] = (2 * left + parts) // (2 * parts)  # floor(left / parts + 0.5) in integers
+        fraction = per_bin / int(left.sum()) if left.sum() else 0.0
+        out[:, k] = np.minimum(np.rint(fraction * left.astype(np.float64)).astype(np.int64), left)
         left -= out[:, k]
     out[:, -1] = left
-    return out
+    return torch.from_numpy(out).to(sizes.device)
 
 
-def graphcut_bins(sim: Tensor, sizes: Tensor, num_bins: int) -> tuple[Tensor, Tensor]:
+def graphcut_bins(sim: Tensor, per_bin: Tensor) -> tuple[Tensor, Tensor]:
     """Greedy GraphCut bins for a block of groups; sim (B, n, n) is padded past each group's size.
 
+    per_bin (B, N) long: bin sizes m_k of each group (`bin_sizes`), summing to the group's size.
     Bin k takes m_k greedy picks from the pool U left by bins < k, maximising
     gain(x) = sum_{i in U} s(i, x) - 2 sum_{j in S} s(j, x) (ties: lowest index). The gains are kept
     as one vector, lowered by 2 s(x, .) per pick, so each pick costs O(n): O(n^2) per group. Every group
@@ -52,11 +60,11 @@ def graphcut_bins(sim: Tensor, sizes: Tensor, num_bins: int) -> tuple[Tensor, Te
     """
     batch, n, _ = sim.shape
     device = sim.device
+    num_bins = per_bin.shape[1]
     steps = torch.arange(n, device=device)
-    valid = steps < sizes[:, None]
+    valid = steps < per_bin.sum(1)[:, None]
     sim.masked_fill_(~(valid[:, :, None] & valid[:, None, :]), 0)
 
-    per_bin = bin_sizes(sizes, num_bins)
     ends = per_bin.cumsum(1)
     step_bin = torch.searchsorted(ends, steps.expand(batch, n).contiguous(), right=True).clamp_max_(num_bins - 1)
     step_rank = steps - (ends - per_bin).gather(1, step_bin)
@@ -94,6 +102,7 @@ def assign_bins(
     *,
     grads: Tensor | None = None,
     max_group: int = 20_000,
+    class_sizes: dict[int, int] | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
@@ -104,27 +113,53 @@ def assign_bins(
     With `grads` (n, C) the similarity is the cosine of DQ's gradient features [g, e (x) g] with
     e = features. Classes above `max_group` are split by spherical k-means first (spec "Decision
     (scale)"); bin k of a class is the union of its groups' bin k. Samples of a class are taken in
-    input order (ties go to the earlier sample). `block_bytes` bounds one block of similarity
-    matrices (default: 256 MiB on CPU, an eighth of free memory on CUDA).
+    input order (ties go to the earlier sample). Bin sizes follow DQ's rule over the whole dataset:
+    pass `class_sizes` (label -> size of every class of the dataset) when `labels` hold only some of
+    its classes (default: the classes in `labels` are the dataset). `block_bytes` bounds one block of
+    similarity matrices (default: 256 MiB on CPU, an eighth of free memory on CUDA).
     """
     _check_inputs(features, labels, num_bins, grads, max_group)
     device = torch.device(device) if device is not None else features.device
     budget = block_bytes or _default_block_bytes(device)
     groups = _groups(features, labels, num_bins, max_group, device, seed)
+    schedule = _schedule(labels, class_sizes, num_bins, max_group)
 
     bins = torch.empty(len(labels), dtype=torch.long)
     ranks = torch.empty(len(labels), dtype=torch.long)
     for block in _blocks(groups, budget, torch.finfo(dtype).bits // 8):
         index = torch.nn.utils.rnn.pad_sequence(block, batch_first=True, padding_value=0)
         sizes = torch.tensor([len(g) for g in block])
+        per_bin = torch.stack([schedule[len(g)] for g in block])
         padded = index.to(features.device)  # padding gathers sample 0; graphcut_bins masks it out
         x = features[padded].to(device, dtype)
         cos = cosine(x) if grads is None else gradient_cosine(x, grads[padded].to(device, dtype))
-        block_bins, block_ranks = graphcut_bins(similarity(cos), sizes.to(device), num_bins)
+        block_bins, block_ranks = graphcut_bins(similarity(cos), per_bin.to(device))
         keep = torch.arange(index.shape[1]) < sizes[:, None]
         bins[index[keep]] = block_bins.cpu()[keep]
         ranks[index[keep]] = block_ranks.cpu()[keep]
     return Bins(bin=bins.to(features.device), rank=ranks.to(features.device), num_bins=num_bins)
+
+
+def _schedule(labels: Tensor, class_sizes: dict[int, int] | None, num_bins: int, max_group: int) -> dict[int, Tensor]:
+    """Group size -> its (N,) bin sizes under DQ's rule, with A_k counted over every group of the dataset."""
+    if class_sizes is None:
+        classes, counts = torch.unique(labels.cpu(), return_counts=True)
+        class_sizes = dict(zip(classes.tolist(), counts.tolist()))
+    else:
+        _check_class_sizes(labels, class_sizes)
+    pools = [s for size in class_sizes.values() for s in group_sizes(size, max_group)]
+    table = bin_sizes(torch.tensor(pools, dtype=torch.long), num_bins)
+    return {size: row for size, row in zip(pools, table)}  # equal pools get equal rows
+
+
+def _check_class_sizes(labels: Tensor, class_sizes: dict[int, int]) -> None:
+    classes, counts = torch.unique(labels.cpu(), return_counts=True)
+    for c, n in zip(classes.tolist(), counts.tolist()):
+        if class_sizes.get(c) != n:
+            raise ValueError(
+                f"class_sizes[{c}] is {class_sizes.get(c)}, but labels hold {n} samples of class {c}: "
+                "pass the size of every class of the dataset"
+            )
 
 
 def _check_inputs(features: Tensor, labels: Tensor, num_bins: int, grads: Tensor | None, max_group: int) -> None:

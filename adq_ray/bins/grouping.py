@@ -13,7 +13,8 @@ def split_groups(features: Tensor, max_group: int, *, seed: int = 0, iters: int 
     one), so no group is too small to hold every bin and the padded blocks waste nothing.
     """
     n = len(features)
-    k = -(-n // max_group)
+    capacity = torch.tensor(group_sizes(n, max_group), dtype=torch.long, device=features.device)
+    k = len(capacity)
     if k == 1:
         return [torch.arange(n, device=features.device)]
     x = torch.nn.functional.normalize(features.to(torch.promote_types(features.dtype, torch.float32)), dim=1)
@@ -23,10 +24,14 @@ def split_groups(features: Tensor, max_group: int, *, seed: int = 0, iters: int 
         sums = torch.zeros_like(centroids).index_add_(0, assign, x)
         norms = sums.norm(dim=1, keepdim=True)
         centroids = torch.where(norms > 0, sums / norms.clamp_min(1e-12), centroids)  # empty cluster: keep
-    capacity = torch.full((k,), n // k, dtype=torch.long, device=x.device)
-    capacity[: n % k] += 1
     assign = balanced_assign(x @ centroids.T, capacity)
     return [torch.nonzero(assign == j).squeeze(1) for j in range(k)]
+
+
+def group_sizes(class_size: int, max_group: int) -> list[int]:
+    """Sizes of the ceil(n / max_group) balanced groups `split_groups` makes of n samples (differ by <= 1)."""
+    k = -(-class_size // max_group)
+    return [class_size // k + (j < class_size % k) for j in range(k)]
 
 
 def _init_centroids(x: Tensor, k: int, generator: torch.Generator) -> Tensor:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from fractions import Fraction
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from adq_ray.quotas.rounding import controlled_rounding
 
 
 def budget(total: int, rho: float) -> int:
@@ -30,12 +34,13 @@ def shares(importance: Tensor, sizes: Tensor, alpha: float) -> Tensor:
     return alpha * importance + (1 - alpha) * sizes.double() / sizes.sum()
 
 
-def largest_remainder(floors: Tensor, remainders: Tensor, capacity: Tensor, total: int) -> Tensor:
+def largest_remainder(floors: Tensor, remainders: Sequence, capacity: Tensor, total: int) -> Tensor:
     """Integer counts summing to `total`: min(floors, capacity), then one each to the largest remainders.
 
     The leftover goes one per entry in descending remainder order (ties: lower index), skipping full
     entries, round after round. Done in closed form: t whole rounds give min(room, t) to everyone,
-    then the first leftover entries (in that order) with room > t get one more.
+    then the first leftover entries (in that order) with room > t get one more. Pass exact remainders
+    (Fractions or integers over one denominator): a float remainder can break an exact tie either way.
     """
     counts = torch.minimum(floors, capacity)
     left = total - int(counts.sum())
@@ -48,31 +53,45 @@ def largest_remainder(floors: Tensor, remainders: Tensor, capacity: Tensor, tota
         low, high = (mid, high) if int(room.clamp_max(mid).sum()) <= left else (low, mid - 1)
     counts += room.clamp_max(low)
     left -= int(room.clamp_max(low).sum())
-    order = torch.sort(remainders, descending=True, stable=True).indices
+    exact = remainders.tolist() if isinstance(remainders, Tensor) else list(remainders)
+    order = torch.tensor(sorted(range(len(exact)), key=lambda i: (-exact[i], i)), dtype=torch.long)
     extra = order[room[order] > low][:left]
     counts[extra] += 1
     return counts
 
 
 def adq_bin_quotas(sizes: Tensor, rep: Tensor, div: Tensor, *, rho: float, alpha: float) -> Tensor:
-    """q_n per bin (N,) long: shares of the global budget, capped at the bin size, summing to B exactly."""
-    total = int(sizes.sum())
+    """q_n per bin (N,) long: shares of the global budget, capped at the bin size, summing to B exactly.
+
+    The ideal alpha I^_n B + (1 - alpha) N(n) B / |D| is a Fraction built from the exact values of the
+    float inputs, so exact ties (and alpha = 0 with rho N(n) an integer) are decided exactly on any device.
+    """
+    n_sizes = [int(s) for s in sizes.tolist()]
+    total = sum(n_sizes)
     b = budget(total, rho)
-    # N(n) B / |D| as one correctly rounded division: exact whenever it is an integer, so alpha = 0
-    # reproduces DQ's counts where rho * cell is an integer.
-    ideal = alpha * importance(rep, div) * b + (1 - alpha) * (sizes.double() * b / total)
-    floors = ideal.floor()
-    return largest_remainder(floors.long(), ideal - floors, sizes, b)
+    a = Fraction(alpha)
+    weight = [(r + d) / 2 for r, d in zip(_exact_to_one(rep), _exact_to_one(div))]
+    ideal = [a * w * b + (1 - a) * Fraction(s * b, total) for w, s in zip(weight, n_sizes)]
+    floors = [math.floor(x) for x in ideal]
+    return largest_remainder(torch.tensor(floors), [x - f for x, f in zip(ideal, floors)], sizes.long(), b)
 
 
-def split_over_classes(quotas: Tensor, cells: Tensor) -> Tensor:
-    """Split each bin's quota (N,) over its classes in proportion to the cell sizes (N, K); exact integers."""
-    bin_sizes = cells.sum(1, keepdim=True).clamp_min(1)
-    scaled = cells * quotas[:, None]
-    out = torch.empty_like(cells)
-    for n in range(len(quotas)):
-        out[n] = largest_remainder(scaled[n] // bin_sizes[n], scaled[n] % bin_sizes[n], cells[n], int(quotas[n]))
-    return out
+def _exact_to_one(x: Tensor) -> list[Fraction]:
+    """x / sum x in exact Fractions of the float values; all-zero scores: equal bins, as `_to_one`."""
+    values = [Fraction(v) for v in x.double().tolist()]
+    total = sum(values, Fraction(0))
+    return [v / total for v in values] if total > 0 else [Fraction(1, len(values))] * len(values)
+
+
+def split_over_classes(quotas: Tensor, cells: Tensor, *, seed: int = 0) -> Tensor:
+    """Split each bin's quota (N,) over its classes (N, K) by controlled rounding of the whole matrix.
+
+    Every cell is floor or ceil of q_n cell / N(n), every bin meets q_n exactly and every class total is
+    floor or ceil of its ideal (spec section 4, corrected): no class starves because every bin broke the
+    same ties the same way. Classes are rounded up by largest fractional part, exact ties by a
+    permutation seeded by `seed`.
+    """
+    return controlled_rounding(quotas, cells, seed=seed)
 
 
 def draw(bins: Tensor, labels: Tensor, counts: Tensor, classes: Tensor, *, seed: int) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,8 @@ from adq_ray.config import Sampler
 from adq_ray.quotas.adq import adq_bin_quotas, draw, importance, shares, split_over_classes, uniform_selection
 from adq_ray.quotas.dq import dq_cell_counts
 from adq_ray.quotas.scores import BinScores, bin_scores, cell_sizes
+
+log = logging.getLogger("adq_ray")
 
 
 @dataclass(frozen=True)
@@ -69,13 +72,45 @@ def select(
     else:
         if sampler == "adq":
             bin_quotas = adq_bin_quotas(scores.size, scores.rep, scores.div, rho=rho, alpha=alpha)
-            counts = split_over_classes(bin_quotas, cells)
+            counts = split_over_classes(bin_quotas, cells, seed=seed)
+            _warn_starved(classes, counts, bin_quotas, cells)
         else:
             counts = dq_cell_counts(cells, rho)
         selected = draw(bins, labels, counts, classes, seed=seed)
         quota = counts.sum(1)
     count = torch.bincount(bins[selected], minlength=num_bins)
     return Selection(selected=selected, scores=scores, importance=weight, share=share, quota=quota, count=count)
+
+
+def class_count_summary(labels: Tensor, selected: Tensor) -> dict[str, int]:
+    """Selected images per class (labels (n,), selected (n,) bool): classes, min, max, classes with zero."""
+    _, index = torch.unique(labels, return_inverse=True)
+    per_class = torch.bincount(index[selected], minlength=int(index.max()) + 1 if len(index) else 0)
+    if not len(per_class):
+        return {"classes": 0, "min": 0, "max": 0, "zero": 0}
+    return {
+        "classes": len(per_class),
+        "min": int(per_class.min()),
+        "max": int(per_class.max()),
+        "zero": int((per_class == 0).sum()),
+    }
+
+
+def _warn_starved(classes: Tensor, counts: Tensor, quotas: Tensor, cells: Tensor) -> None:
+    """Log the classes the ADQ sampler gives no image (ideal share t_c < 1, rounded down), with their t_c."""
+    zero = torch.nonzero(counts.sum(0) == 0).squeeze(1)
+    ideal = (quotas.double()[:, None] * cells / cells.sum(1, keepdim=True).clamp_min(1)).sum(0)
+    zero = zero[ideal[zero] > 0]
+    if len(zero):
+        listed = ", ".join(f"{int(classes[k])} ({float(ideal[k]):.3g})" for k in zero[:20])
+        more = f" and {len(zero) - 20} more" if len(zero) > 20 else ""
+        log.warning(
+            "adq sampler: %d class(es) get no image, their ideal share (in images) being below one: %s%s; "
+            "raise rho to keep them",
+            len(zero),
+            listed,
+            more,
+        )
 
 
 def _check(bins: Tensor, labels: Tensor, num_bins: int, rho: float, alpha: float, sampler: str, seed: int) -> None:

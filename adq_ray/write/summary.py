@@ -8,12 +8,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 
 from adq_ray import storage
 from adq_ray.config import Config
 from adq_ray.ingest import read_images
 from adq_ray.layout import Layout
 from adq_ray.patches.reconstruct import decode_rows
+from adq_ray.quotas.selection import class_count_summary
 from adq_ray.tables import read_parquet
 from adq_ray.write.manifest import KEPT, NOT_SELECTED, counts
 from adq_ray.write.report import write_report
@@ -42,6 +44,7 @@ def summary(config: Config, manifest: pa.Table, bin_table: list[dict], stages: d
         "sample_ratio": sample_ratio,
         "patch_keep_ratio": patch_keep,
         "data_keep_ratio": sample_ratio * patch_keep,
+        "kept_per_class": _kept_per_class(manifest),
         "source_bytes": source_bytes,
         "stored_bytes": stored_bytes,
         "storage_ratio": stored_bytes / source_bytes if source_bytes else 0.0,
@@ -50,6 +53,14 @@ def summary(config: Config, manifest: pa.Table, bin_table: list[dict], stages: d
         "output": config.output,
         "stages": stages,
     }
+
+
+def _kept_per_class(manifest: pa.Table) -> dict[str, int]:
+    """Kept images per class over the valid inputs: number of classes, min, max, classes with none kept."""
+    status = manifest["status"].to_numpy(zero_copy_only=False)
+    valid = (status == KEPT) | (status == NOT_SELECTED)
+    labels = torch.from_numpy(np.asarray(manifest["label"].to_numpy())[valid])
+    return class_count_summary(labels, torch.from_numpy(status[valid] == KEPT))
 
 
 def report(config: Config, eval_rows: list[dict] | None = None) -> str:

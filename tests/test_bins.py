@@ -8,6 +8,8 @@ import reference
 import torch
 
 from adq_ray.bins import assign_bins, balanced_assign, bin_sizes, cosine, gradient_cosine, split_groups
+from adq_ray.config import Config
+from adq_ray.embed.actor import Embedder, dq_logit_gradient
 
 
 def _data(sizes: list[int], dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,3 +222,58 @@ def test_bad_num_bins_raise():
         assign_bins(features, labels, 0)
     with pytest.raises(ValueError, match="max_group"):
         assign_bins(features, labels, 10, max_group=5)
+
+
+def _dq_loss_gradient(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """dL/dz by float64 autograd of DQ's own loss: CrossEntropyLoss(softmax(z), y), summed over the batch."""
+    z = logits.detach().double().requires_grad_(True)
+    loss = torch.nn.CrossEntropyLoss(reduction="none")(torch.nn.functional.softmax(z, dim=1), labels).sum()
+    return torch.autograd.grad(loss, z)[0]
+
+
+def test_gradient_features_equal_autograd_of_dqs_loss():
+    """g = dL/dz with the true label, the loss on softmax outputs (DQ's calc_gradient), in float64.
+
+    Planted bugs caught: the old softmax(z) - onehot(argmax z) (one softmax, predicted class), and the
+    true label ignored for labeled data.
+    """
+    g = torch.Generator().manual_seed(17)
+    logits = 3 * torch.randn(64, 7, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 7, (64,), generator=g)
+    torch.testing.assert_close(dq_logit_gradient(logits, labels), _dq_loss_gradient(logits, labels), rtol=0, atol=1e-15)
+    predicted = _dq_loss_gradient(logits, logits.argmax(1))  # unlabeled data: the predicted class
+    torch.testing.assert_close(dq_logit_gradient(logits, None), predicted, rtol=0, atol=1e-15)
+
+
+def test_embedder_uses_the_true_label_for_gradient_features():
+    """The Ray callable passes each row's label: its grad column equals the autograd reference on its own head.
+
+    Planted bug caught: `Embedder.__call__` not passing the batch's labels (the predicted class used instead).
+    """
+    config = Config(
+        input="unused",
+        output="unused",
+        image_size=32,
+        backbone="cifar_resnet20",
+        backbone_weights="random",
+        contrastive_weights="random",
+        features="gradient",
+        device="cpu",
+    )
+    embedder = Embedder(config, num_classes=5)
+    rng = np.random.default_rng(18)
+    batch = {
+        "sample_id": np.arange(6, dtype=np.int64),
+        "label": np.array([0, 1, 2, 3, 4, 0], dtype=np.int64),
+        "status": np.array(["ok"] * 6, dtype=object),
+        "reason": np.array([""] * 6, dtype=object),
+        "note": np.array([""] * 6, dtype=object),
+        "image": rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8),
+    }
+    table = embedder(batch)
+    embedding = torch.from_numpy(np.stack(table["embedding"].to_numpy(zero_copy_only=False)))
+    grads = torch.from_numpy(np.stack(table["grad"].to_numpy(zero_copy_only=False))).double()
+    with torch.no_grad():
+        logits = embedder.head(embedding)
+    expected = _dq_loss_gradient(logits, torch.from_numpy(batch["label"]))
+    torch.testing.assert_close(grads, expected, rtol=1e-4, atol=1e-6)

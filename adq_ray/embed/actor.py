@@ -47,6 +47,19 @@ def _decode_one(jpeg: torch.Tensor, device: torch.device) -> torch.Tensor | None
         return None
 
 
+def dq_logit_gradient(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """g = dL/dz (B, C) for L = CrossEntropy(softmax(z), y), as DQ's `calc_gradient` (spec section 1).
+
+    DQ applies its cross-entropy to the softmax outputs p = softmax(z), so with v = softmax(p) - onehot(y)
+    the chain rule through softmax's Jacobian diag(p) - p p^T gives g = p * (v - <p, v>). y is the true
+    label; None (unlabeled data) uses the predicted class argmax z. In the logits' dtype.
+    """
+    target = logits.argmax(1) if labels is None else labels.long()
+    p = logits.softmax(1)
+    v = p.softmax(1) - F.one_hot(target, logits.shape[1]).to(p.dtype)
+    return p * (v - (p * v).sum(1, keepdim=True))
+
+
 class Embedder:
     """`map_batches` callable: images -> embedding, texture level, summed view vectors (and DQ gradients).
 
@@ -93,8 +106,13 @@ class Embedder:
         return out.float()
 
     @torch.inference_mode()
-    def embed(self, images: torch.Tensor, sample_ids: np.ndarray) -> dict[str, torch.Tensor]:
-        """uint8 (B,3,S,S) -> {texture (B,), embedding (B,d), view_sum (B,d') [, grad (B,C)]}."""
+    def embed(
+        self, images: torch.Tensor, sample_ids: np.ndarray, labels: np.ndarray | None = None
+    ) -> dict[str, torch.Tensor]:
+        """uint8 (B,3,S,S) -> {texture (B,), embedding (B,d), view_sum (B,d') [, grad (B,C)]}.
+
+        grad uses the true `labels` (B,) when the config is labeled and they are given, else the predicted class.
+        """
         images = images.to(self.device, non_blocking=True)
         unit = images.float() / 255.0
         out = {"texture": texture_level(unit).float(), "embedding": self._pooled(self.backbone, images)}
@@ -103,8 +121,9 @@ class Embedder:
         out["view_sum"] = views[:b] + views[b:]
         if self.head is not None:
             logits = self.head(out["embedding"])
-            # dLoss/dlogits of cross-entropy on the predicted class: softmax - onehot(argmax).
-            out["grad"] = logits.softmax(1) - F.one_hot(logits.argmax(1), logits.shape[1]).float()
+            known = labels is not None and self.config.labeled
+            target = torch.as_tensor(np.asarray(labels), device=self.device) if known else None
+            out["grad"] = dq_logit_gradient(logits, target)
         return out
 
     def _decode_deferred(self, blobs: np.ndarray, images: torch.Tensor, columns: dict[str, np.ndarray]) -> None:
@@ -138,7 +157,8 @@ class Embedder:
         full = {"texture": np.zeros(n, np.float32)}
         full |= {name: np.zeros((n, width), np.float32) for name, width in self.widths.items()}
         if ok.any():
-            for name, value in self.embed(images[torch.from_numpy(ok)], batch["sample_id"][ok]).items():
+            labels = np.asarray(batch["label"])[ok]
+            for name, value in self.embed(images[torch.from_numpy(ok)], batch["sample_id"][ok], labels).items():
                 full[name][ok] = value.cpu().numpy()
         table = pa.table({k: pa.array(np.asarray(v)) for k, v in columns.items()})
         table = table.append_column("texture", pa.array(full.pop("texture")))

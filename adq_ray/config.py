@@ -22,6 +22,7 @@ InputFormat = Literal["auto", "imagefolder", "parquet"]
 Device = Literal["auto", "cpu", "cuda"]
 DecodeDevice = Literal["cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16"]
+BinsDtype = Literal["float32", "float64"]
 
 
 class ConfigError(UserError, ValueError):
@@ -64,6 +65,7 @@ class Config:
     # Stage 2: bins.
     num_bins: int = option(10, "bins", "N, the number of bins per class")
     max_group: int = option(20_000, "bins", "classes larger than this are split by spherical k-means before binning")
+    bins_dtype: BinsDtype = option("float32", "bins", "GraphCut dtype: float32, or float64 (settles near-ties)")
     # Stage 3: quotas.
     rho: float = option(0.1, "select", "sample ratio: one global budget B = floor(rho |D| + 0.5)")
     alpha: float = option(0.7, "select", "adaptivity weight; 0 = DQ's proportional sampling")

@@ -8,7 +8,7 @@ import reference
 import torch
 
 from adq_ray.bins import assign_bins, balanced_assign, bin_sizes, cosine, gradient_cosine, split_groups
-from adq_ray.config import Config
+from adq_ray.config import Config, ConfigError
 from adq_ray.embed.actor import Embedder, dq_logit_gradient
 
 
@@ -277,3 +277,22 @@ def test_embedder_uses_the_true_label_for_gradient_features():
         logits = embedder.head(embedding)
     expected = _dq_loss_gradient(logits, torch.from_numpy(batch["label"]))
     torch.testing.assert_close(grads, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_bins_dtype_option_selects_the_similarity_dtype():
+    """Config.bins_dtype reaches assign_bins as a name; float64 by name equals the float64 reference.
+
+    Planted bug caught: the name ignored (float32 always). Pairs of points 1e-9 apart are one point in
+    float32 (exact ties: lowest id) but not in float64, where the reference settles them otherwise.
+    """
+    g = torch.Generator().manual_seed(20)
+    base = torch.randn(8, 5, generator=g, dtype=torch.float64)
+    features = torch.cat([base, base + 1e-9 * torch.randn(8, 5, generator=g, dtype=torch.float64)])
+    labels = torch.zeros(16, dtype=torch.long)
+    expected, _ = reference.assign_bins(features.numpy(), labels.numpy(), 4)
+    np.testing.assert_array_equal(assign_bins(features, labels, 4, dtype="float64").bin.numpy(), expected)
+    assert not np.array_equal(assign_bins(features, labels, 4, dtype="float32").bin.numpy(), expected)
+    with pytest.raises(ValueError, match="bins dtype must be 'float32' or 'float64', got 'float16'"):
+        assign_bins(features, labels, 10, dtype="float16")
+    with pytest.raises(ConfigError, match="bins_dtype must be one of 'float32', 'float64', got 'half'"):
+        Config(input="x", output="y", bins_dtype="half")

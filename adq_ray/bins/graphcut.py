@@ -104,7 +104,7 @@ def assign_bins(
     max_group: int = 20_000,
     class_sizes: dict[int, int] | None = None,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     seed: int = 0,
     block_bytes: int | None = None,
 ) -> Bins:
@@ -116,8 +116,11 @@ def assign_bins(
     input order (ties go to the earlier sample). Bin sizes follow DQ's rule over the whole dataset:
     pass `class_sizes` (label -> size of every class of the dataset) when `labels` hold only some of
     its classes (default: the classes in `labels` are the dataset). `block_bytes` bounds one block of
-    similarity matrices (default: 256 MiB on CPU, an eighth of free memory on CUDA).
+    similarity matrices (default: 256 MiB on CPU, an eighth of free memory on CUDA). `dtype` ("float32"
+    or "float64", Config.bins_dtype) is the similarity's: float32 is faster, float64 settles GraphCut's
+    near-ties as DQ's float64 code does (benchmarks/RESULTS.md, "Bins: float32 against float64").
     """
+    dtype = _dtype(dtype)
     _check_inputs(features, labels, num_bins, grads, max_group)
     device = torch.device(device) if device is not None else features.device
     budget = block_bytes or _default_block_bytes(device)
@@ -160,6 +163,17 @@ def _check_class_sizes(labels: Tensor, class_sizes: dict[int, int]) -> None:
                 f"class_sizes[{c}] is {class_sizes.get(c)}, but labels hold {n} samples of class {c}: "
                 "pass the size of every class of the dataset"
             )
+
+
+def _dtype(dtype: torch.dtype | str) -> torch.dtype:
+    named = {"float32": torch.float32, "float64": torch.float64}
+    if isinstance(dtype, str):
+        if dtype not in named:
+            raise ValueError(f"bins dtype must be 'float32' or 'float64', got {dtype!r}")
+        return named[dtype]
+    if dtype not in named.values():
+        raise ValueError(f"bins dtype must be torch.float32 or torch.float64, got {dtype}")
+    return dtype
 
 
 def _check_inputs(features: Tensor, labels: Tensor, num_bins: int, grads: Tensor | None, max_group: int) -> None:

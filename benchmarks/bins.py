@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bins.py            # a few minutes on 2 cores
     .venv/bin/python benchmarks/bins.py --cpu-classes 1000   # the full CPU run, no extrapolation
+    .venv/bin/python benchmarks/bins.py --dtype-sizes 100 1000 2000 5000 --only-dtype  # bins_dtype's effect
 
 Prints a Markdown table. Features are random unit vectors: the cost does not depend on their values.
 """
@@ -60,6 +61,38 @@ def reference_rows(sizes: list[int], classes: int, dim: int) -> list[str]:
     return rows
 
 
+def graphcut_objective(x: torch.Tensor, bins: torch.Tensor, num_bins: int) -> float:
+    """Sum over bins k of f(S_k) = sum_{i in U_k, j in S_k} s(i, j) - sum_{i, j in S_k} s(i, j), in float64."""
+    unit = torch.nn.functional.normalize(x.double(), dim=1)
+    sim = 0.5 + 0.5 * (unit @ unit.T)
+    total = 0.0
+    for k in range(num_bins):
+        pool, chosen = bins >= k, bins == k
+        total += float(sim[pool][:, chosen].sum() - sim[chosen][:, chosen].sum())
+    return total
+
+
+def dtype_rows(sizes: list[int], dim: int = 128, classes: int = 3) -> list[str]:
+    """bins_dtype: float32 against float64 bins on Gaussian classes (same bin, objective, time)."""
+    rows = []
+    for n in sizes:
+        x, labels = _features(classes, n, dim, seed=n)
+        b64, s64 = _timed(lambda: assign_bins(x.double(), labels, 10, dtype="float64"))
+        b32, s32 = _timed(lambda: assign_bins(x, labels, 10, dtype="float32"))
+        same = [float((b32.bin[labels == c] == b64.bin[labels == c]).double().mean()) for c in range(classes)]
+        gaps = []
+        for c in range(classes):
+            f64 = graphcut_objective(x[labels == c], b64.bin[labels == c], 10)
+            f32 = graphcut_objective(x[labels == c], b32.bin[labels == c], 10)
+            gaps.append((f32 - f64) / abs(f64))
+        rows.append(
+            f"| float32 vs float64, {classes} x {n}, {dim}-d Gaussian | cpu | {s32:.2f} s fp32 / {s64:.2f} s fp64 "
+            f"({s64 / s32:.1f}x) | same bin per class: {min(same):.3f}-{max(same):.3f}; objective (f32 - f64) / f64: "
+            f"{min(gaps):+.1e} to {max(gaps):+.1e} |"
+        )
+    return rows
+
+
 def imagenet_row(classes: int, device: str) -> str:
     x, labels = _features(classes, IMAGENET_PER_CLASS, IMAGENET_DIM, seed=0, device=device)
     bins, seconds = _timed(lambda: assign_bins(x, labels, 10, device=device), device)
@@ -89,10 +122,16 @@ def main() -> None:
     parser.add_argument("--cpu-classes", type=int, default=40, help="ImageNet classes timed on CPU (then extrapolated)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--reference-sizes", type=int, nargs="*", default=[30, 60, 120, 240])
+    parser.add_argument("--dtype-sizes", type=int, nargs="*", default=[], help="class sizes for float32 vs float64")
+    parser.add_argument("--only-dtype", action="store_true", help="only the float32 vs float64 rows")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} CPU thread(s), cuda: {torch.cuda.is_available()}\n")
     print("| case | device | time | result |\n|---|---|---|---|")
+    for row in dtype_rows(args.dtype_sizes):
+        print(row, flush=True)
+    if args.only_dtype:
+        return
     for row in reference_rows(args.reference_sizes, classes=2, dim=32):
         print(row, flush=True)
     print(split_row(12_000, 5_000), flush=True)

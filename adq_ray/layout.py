@@ -22,7 +22,7 @@ from adq_ray.tables import read_parquet, write_parquet
 STAGES = ("embed", "bins", "select", "patches", "write")
 # File names inside the stage and output directories, shared by the stages that write them and `Layout`.
 EMBEDDINGS, INVENTORY, CLASSES = "embeddings", "inventory.parquet", "classes.json"
-BINS = "bins.parquet"
+BINS, CELLS = "bins.parquet", "cells.parquet"
 SELECTION, BIN_TABLE = "selection.parquet", "bins.json"
 DATASET, MANIFEST, SUMMARY, CONFIG = "dataset", "manifest.parquet", "summary.json", "config.json"
 # Config fields each stage's output depends on (its own; a stage also depends on every earlier stage),
@@ -68,6 +68,10 @@ class Layout:
     @property
     def bins(self) -> str:
         return storage.join(self.stage("bins"), BINS)
+
+    @property
+    def cells(self) -> str:
+        return storage.join(self.stage("bins"), CELLS)
 
     @property
     def selection(self) -> str:

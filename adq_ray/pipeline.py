@@ -20,12 +20,12 @@ import ray
 import torch
 
 from adq_ray import storage
-from adq_ray.bins.remote import run_bins
+from adq_ray.bins.remote import read_bin_sums, run_bins
 from adq_ray.config import Config
 from adq_ray.embed.actor import Embedder
 from adq_ray.embed.store import read_embeddings
 from adq_ray.ingest import list_inputs, read_images
-from adq_ray.layout import BIN_TABLE, BINS, CONFIG, EMBEDDINGS, SELECTION, STAGES, Layout, fingerprint
+from adq_ray.layout import BIN_TABLE, BINS, CELLS, CONFIG, EMBEDDINGS, SELECTION, STAGES, Layout, fingerprint
 from adq_ray.patches.dropper import PatchDropper
 from adq_ray.quotas import select
 from adq_ray.resources import actor_options, gpus
@@ -125,24 +125,29 @@ def bins_stage(config: Config, out: str) -> None:
             f"{len(small)} class(es) have fewer readable images than num_bins={config.num_bins}: {listed}; "
             "lower num_bins or leave those classes out (the embeddings are cached, so only binning re-runs)"
         )
-    bins = run_bins(
+    bins, cells = run_bins(
         layout.embeddings, class_sizes, config.num_bins, config.max_group, config.features, config.seed, gpus(config)
     )
     write_parquet(bins, storage.join(out, BINS))
+    write_parquet(cells, storage.join(out, CELLS))
 
 
 def select_stage(config: Config, out: str) -> None:
-    """Per-bin scores, quotas from one global budget, and the seeded draw (on the driver)."""
+    """Per-bin scores, quotas from one global budget, and the seeded draw (on the driver).
+
+    The driver reads O(n) integer columns and the bins stage's per-cell sums, never a per-sample vector.
+    """
     layout = Layout(config)
-    scores = read_embeddings(layout.embeddings, columns=["sample_id", "label", "texture", "view_sum"], ok_only=True)
-    bins = read_parquet(layout.bins).sort_by("sample_id")
-    if not np.array_equal(bins["sample_id"].to_numpy(), scores["sample_id"].to_numpy()):
+    ids = read_embeddings(layout.embeddings, columns=["sample_id"], ok_only=True)["sample_id"].to_numpy()
+    bins = read_parquet(layout.bins, columns=["sample_id", "label", "bin"]).sort_by("sample_id")
+    if not np.array_equal(bins["sample_id"].to_numpy(), ids):
         raise ValueError("bins and embeddings disagree on the samples: delete the cache and re-run")
+    if not storage.exists(layout.cells):
+        raise ValueError(f"{layout.cells} is missing (a bins cache from an older adq-ray): delete it and re-run")
     selection = select(
         _tensor(bins["bin"]),
-        _tensor(scores["label"]),
-        _tensor(scores["texture"]),
-        _tensor(scores["view_sum"]),
+        _tensor(bins["label"]),
+        sums=read_bin_sums(layout.cells, config.num_bins),
         num_bins=config.num_bins,
         rho=config.rho,
         alpha=config.alpha,

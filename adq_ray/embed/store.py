@@ -12,15 +12,25 @@ from adq_ray import storage
 _PARTITIONING = pads.partitioning(pa.schema([("label", pa.int64())]), flavor="hive")
 
 
+def open_embeddings(uri: str) -> pads.Dataset:
+    """The cache as a dataset, listed once: read it class by class with `read_embeddings(dataset=...)`."""
+    fs, path = storage.resolve(uri)
+    return pads.dataset(path, filesystem=fs, format="parquet", partitioning=_PARTITIONING)
+
+
 def read_embeddings(
-    uri: str, labels: Sequence[int] | None = None, columns: Sequence[str] | None = None, ok_only: bool = False
+    uri: str,
+    labels: Sequence[int] | None = None,
+    columns: Sequence[str] | None = None,
+    ok_only: bool = False,
+    dataset: pads.Dataset | None = None,
 ) -> pa.Table:
     """Rows of the given classes (all when None), sorted by sample_id; partition pruning skips other classes.
 
-    `sample_id` is always among the columns read.
+    `sample_id` is always among the columns read. `dataset` (from `open_embeddings(uri)`) saves listing
+    the cache again when a task reads it class by class.
     """
-    fs, path = storage.resolve(uri)
-    dataset = pads.dataset(path, filesystem=fs, format="parquet", partitioning=_PARTITIONING)
+    dataset = dataset if dataset is not None else open_embeddings(uri)
     filters = []
     if labels is not None:
         filters.append(pads.field("label").isin(list(labels)))

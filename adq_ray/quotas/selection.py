@@ -12,7 +12,7 @@ from torch import Tensor
 from adq_ray.config import Sampler
 from adq_ray.quotas.adq import adq_bin_quotas, draw, importance, shares, split_over_classes, uniform_selection
 from adq_ray.quotas.dq import dq_cell_counts
-from adq_ray.quotas.scores import BinScores, bin_scores, cell_sizes
+from adq_ray.quotas.scores import BinScores, BinSums, bin_scores, bin_scores_from_sums, cell_sizes
 
 log = logging.getLogger("adq_ray")
 
@@ -45,9 +45,10 @@ class Selection:
 def select(
     bins: Tensor,
     labels: Tensor,
-    texture: Tensor,
-    view_sum: Tensor,
+    texture: Tensor | None = None,
+    view_sum: Tensor | None = None,
     *,
+    sums: BinSums | None = None,
     num_bins: int,
     rho: float,
     alpha: float,
@@ -56,13 +57,14 @@ def select(
 ) -> Selection:
     """Choose samples from their bins: ADQ (global budget over scored bins), DQ (rho per cell) or random.
 
-    bins and labels (n,) int; texture (n,) and view_sum (n, d) as in `bin_scores`. Re-run freely for
+    bins and labels (n,) int; the bins' scores from per-sample texture (n,) and view_sum (n, d) as in
+    `bin_scores`, or from their per-bin `sums` (what the bins stage stores: no per-sample vector). Re-run freely for
     other rho / alpha / sampler: nothing here re-embeds or re-bins. `quota` is the sampler's per-bin
     target (for "random", the per-bin count it happened to draw).
     """
     _check(bins, labels, num_bins, rho, alpha, sampler, seed)
     bins, labels = bins.cpu().long(), labels.cpu().long()
-    scores = bin_scores(bins, texture.cpu(), view_sum.cpu(), num_bins)
+    scores = _scores(bins, texture, view_sum, sums, num_bins)
     weight = importance(scores.rep, scores.div)
     share = shares(weight, scores.size, alpha)
     classes, cells = cell_sizes(bins, labels, num_bins)
@@ -111,6 +113,19 @@ def _warn_starved(classes: Tensor, counts: Tensor, quotas: Tensor, cells: Tensor
             listed,
             more,
         )
+
+
+def _scores(
+    bins: Tensor, texture: Tensor | None, view_sum: Tensor | None, sums: BinSums | None, num_bins: int
+) -> BinScores:
+    """Bin scores from per-sample texture and view sums, or from per-bin sums that must count `bins` exactly."""
+    if (sums is None) == (texture is None or view_sum is None):
+        raise ValueError("give either texture and view_sum (per sample) or sums (per bin), not both or neither")
+    if sums is None:
+        return bin_scores(bins, texture.cpu(), view_sum.cpu(), num_bins)
+    if not torch.equal(sums.count.cpu(), torch.bincount(bins, minlength=num_bins)):
+        raise ValueError("the per-bin sums do not count the same samples as bins: delete the bins cache and re-run")
+    return bin_scores_from_sums(sums)
 
 
 def _check(bins: Tensor, labels: Tensor, num_bins: int, rho: float, alpha: float, sampler: str, seed: int) -> None:

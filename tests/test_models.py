@@ -8,6 +8,7 @@ import torch
 from util import SHARED, make_bucket, needs_shared
 
 from adq_ray import storage
+from adq_ray.errors import WeightsError
 from adq_ray.models import create_model, load_state_dict
 
 RESNET20 = SHARED / "weights" / "resnet20-12fca82f.th"
@@ -44,14 +45,37 @@ def test_checkpoint_without_head_loads_and_wrong_one_fails(tmp_path):
         create_model("resnet18", str(RESNET20))
 
 
+class _RunsCode:
+    """A pickled object whose unpickling would create a folder: what a malicious checkpoint does."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
 def test_bad_model_inputs_fail_clearly(tmp_path):
-    with pytest.raises(ValueError, match="unknown model"):
+    """Each bad model input fails with its own error type and a message naming the input and the fix.
+
+    Planted bugs caught: torch.load(weights_only=False) in load_state_dict (the pickled code then runs and
+    the marker folder appears), and a checkpoint of non-tensors accepted (it would fail later, elsewhere).
+    """
+    with pytest.raises(ValueError, match="unknown model 'no_such_net': not a timm architecture"):
         create_model("no_such_net", "random")
-    with pytest.raises(FileNotFoundError, match="cannot read weights"):
+    with pytest.raises(FileNotFoundError, match=r"cannot read weights from '.*missing\.pth'"):
         create_model("resnet18", str(tmp_path / "missing.pth"))
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(Exception):
+    with pytest.raises(WeightsError, match=r"junk\.pth' are not a plain checkpoint of tensors .*state_dict\(\)"):
         create_model("resnet18", str(tmp_path / "junk.pth"))
+    torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "numbers.pth")
+    with pytest.raises(WeightsError, match=r"numbers\.pth' does not hold a state dict of tensors"):
+        create_model("resnet18", str(tmp_path / "numbers.pth"))
+    marker = tmp_path / "code-ran"
+    torch.save({"conv1.weight": torch.zeros(1), "extra": _RunsCode(str(marker))}, tmp_path / "code.pth")
+    with pytest.raises(WeightsError, match=r"code\.pth' are not a plain checkpoint of tensors"):
+        create_model("resnet18", str(tmp_path / "code.pth"))
+    assert not marker.exists()
 
 
 def test_hub_weights_without_network_say_what_to_do():

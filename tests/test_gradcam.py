@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -103,14 +104,39 @@ def test_gradcam_zero_gradient_gives_zero_weight() -> None:
 
 
 def test_gradcam_on_timm_resnet18_at_64px() -> None:
+    """The hooked CAM on timm's ResNet-18 equals the float64 loop formula on timm's own forward_features /
+    forward_head (no hook), for each image's predicted class.
+
+    Planted bugs caught: the score of class 0 instead of the predicted class; relu dropped from the
+    gradients in w_k; the hook on layer3 instead of the named layer.
+    """
     torch.manual_seed(0)
-    model = create_model("resnet18", "random")
+    model = create_model("resnet18", "random").eval()
+    twin = copy.deepcopy(model).double()  # copied before the hook is registered: the reference has none
     images = normalize(torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8))
     cam = GradCAMPlusPlus(model, "layer4")(images, 4)
-    assert cam.shape == (3, 4, 4)
-    assert torch.isfinite(cam).all() and (cam >= 0).all() and (cam.flatten(1).amax(1) > 0).all()
-    with pytest.raises(ValueError, match="no layer 'layer9'"):
+    expected = torch.stack([_timm_reference_cam(twin, x.double(), 4) for x in images])
+    assert cam.shape == (3, 4, 4) and expected.amax(dim=(1, 2)).min() > 0
+    torch.testing.assert_close(cam.double(), expected, rtol=1e-3, atol=1e-4 * float(expected.max()))
+    with pytest.raises(ValueError, match="ResNet has no layer 'layer9'; top-level layers: .*'layer4'"):
         GradCAMPlusPlus(model, "layer9")
+
+
+def _timm_reference_cam(model: nn.Module, image: torch.Tensor, grid: int) -> torch.Tensor:
+    """GradCAM++ of one image at the output of timm's forward_features, loops over k, i, j in float64."""
+    a = model.forward_features(image[None])
+    logits = model.forward_head(a)[0]
+    (g,) = torch.autograd.grad(logits[int(logits.argmax())], a)
+    a, g = a[0].detach(), g[0]
+    cam = torch.zeros(a.shape[1:], dtype=torch.float64)
+    for k in range(a.shape[0]):
+        total = float(a[k].sum())
+        w_k = 0.0
+        for gij in g[k].flatten().tolist():
+            denom = 2 * gij**2 + total * gij**3
+            w_k += (gij**2 / denom if denom != 0 else 0.0) * max(gij, 0.0)
+        cam += w_k * a[k]
+    return bilinear(cam.clamp(min=0), grid)
 
 
 def test_top_patches_count_ties_and_order() -> None:

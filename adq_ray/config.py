@@ -43,7 +43,16 @@ def option(default: Any, stage: Stage | None, help: str) -> Any:
 
 @dataclass(frozen=True)
 class Config:
-    """Everything one compression run needs; see README "Configuration" for each field."""
+    """Everything one compression run needs, validated once; see README "Configuration" for each field.
+
+    Args:
+        input: ImageFolder directory, s3:// prefix or Parquet; output: where the products go.
+        **fields: every other field has a default and a help line (`adq compress --help`).
+
+    Example:
+        >>> Config(input="data/cifar10/train", output="outputs/r10", rho=0.1).kept_patches  # doctest: +SKIP
+        156
+    """
 
     # Where: the input, the output and the stage cache (`cache` is a location, never a cache key).
     input: str = option("", "embed", "ImageFolder directory or s3:// prefix (<class>/<file>), or Parquet file/prefix")

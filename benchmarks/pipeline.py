@@ -524,7 +524,7 @@ def bench_patches(args, config, inventory, clock, device) -> tuple[Table, object
     t.add("encode", f"  of which: {config.codec} encode of the kept patches", "cpu, 1 core", n, s, "gradcam_frozen")
     ds = None
     if args.ray:
-        where = f"Ray, {args.num_cpus} CPUs, {actor_options(config)['compute'].min_size} actor(s)"
+        where = f"Ray, {args.num_cpus} CPUs, {actor_options(config)['compute'].max_size} actor(s)"
         ds, s = clock(lambda: ray_patches(config, chosen))
         t.add(
             "ray_patches_cold",

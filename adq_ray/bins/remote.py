@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from adq_ray import storage
+from adq_ray import resources, storage
 from adq_ray.bins import assign_bins
 from adq_ray.embed.store import open_embeddings, read_embeddings
 from adq_ray.quotas.scores import BinSums, bin_sums, cell_sums
@@ -143,9 +143,8 @@ def run_bins(
 
     Returns (samples sorted by sample_id, cells) as `bin_classes` describes them.
     """
-    options = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+    options, parallelism = resources.bin_tasks(gpus)
     task = ray.remote(bin_classes).options(num_returns=2, **options)
-    parallelism = gpus or int(ray.cluster_resources().get("CPU", 1))
     refs = [
         task.remote(embeddings_uri, labels, class_sizes, num_bins, max_group, features, seed)
         for labels in plan_tasks(class_sizes, parallelism)

@@ -30,6 +30,7 @@ from adq_ray.patches.dropper import PatchDropper
 from adq_ray.quotas import select
 from adq_ray.resources import actor_options, gpus
 from adq_ray.tables import read_parquet, to_matrix, write_parquet
+from adq_ray.watchdog import watch
 from adq_ray.write import summary as summarize
 from adq_ray.write.manifest import build_manifest
 
@@ -61,11 +62,13 @@ class Run:
         start = time.perf_counter()
         staging = storage.staging_dir(directory)
         try:
-            body(staging)
+            with watch(self.config, name):  # retries, stall limit, one-line storage errors
+                body(staging)
         except BaseException:
             storage.remove(staging)
             raise
-        storage.commit(staging, directory, {"stage": name, "fingerprint": key})
+        with watch(self.config, name):
+            storage.commit(staging, directory, {"stage": name, "fingerprint": key})
         self.stages[name] = {"reused": False, "seconds": round(time.perf_counter() - start, 3), "path": directory}
 
 
@@ -85,7 +88,8 @@ def compress(config: Config, until: str = "write") -> dict[str, object]:
     }
     for name in STAGES[: STAGES.index(until) + 1]:
         if name == "write":
-            return write_stage(run)
+            with watch(config, "write"):
+                return write_stage(run)
         run.stage(name, *steps[name])
     return {"stages": run.stages, "complete": False}
 

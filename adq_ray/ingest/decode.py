@@ -1,7 +1,7 @@
 """Decode untrusted image bytes into model-size RGB arrays, or say why not (pure: no Ray).
 
 Every failure becomes a `Decoded` with a `reason`; no Pillow exception escapes, so one bad file
-never fails a distributed job.
+never fails a distributed job. (Storage errors are not decided here: see `ingest.read` and `storage.retry`.)
 """
 
 from __future__ import annotations
@@ -41,6 +41,16 @@ class Decoded:
     @classmethod
     def rejected(cls, reason: str) -> Decoded:
         return cls(reason=reason)
+
+
+def unreadable(err: OSError) -> str:
+    """The rejection reason for a file that cannot be read for a reason of its own (gone, forbidden, ...)."""
+    text = " ".join(str(err).split())
+    if isinstance(err, FileNotFoundError) or "HTTP status 404" in text or "NO_SUCH_KEY" in text:
+        return f"{UNREADABLE}: gone after listing (404): {text}"
+    if isinstance(err, PermissionError) or "ACCESS_DENIED" in text or "HTTP status 403" in text:
+        return f"{UNREADABLE}: forbidden (403): {text}"
+    return f"{UNREADABLE}: {text}"
 
 
 def too_large(nbytes: int, max_bytes: int) -> str:

@@ -2,7 +2,9 @@
 
 Each decode task reads the bytes of its own listed files (not Ray's `read_images`, which fails the
 whole dataset on one corrupt file and skips unknown extensions) and decodes them with `decode_image`,
-so a bad or unreadable input becomes a "rejected" row that flows on to the manifest, never an exception.
+so a bad input becomes a "rejected" row that flows on to the manifest. Only what is wrong with one object
+is rejected (corrupt, empty, too big, not an image, gone after listing, forbidden); a transient storage
+error is retried (`storage.retry`) and, if it outlives the retries, fails the task and so the stage.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ray.data.extensions import ArrowTensorArray
 
 from adq_ray import storage
 from adq_ray.config import Config
-from adq_ray.ingest.decode import UNLABELED, UNREADABLE, Decoded, decode_image, too_large
+from adq_ray.ingest.decode import UNLABELED, Decoded, decode_image, too_large, unreadable
 from adq_ray.ingest.sources import PARQUET_ROW, Inventory, image_bytes, parquet_rows
 
 DECODE_BATCH = 64  # rows per decode call: 64 x 224 x 224 x 3 bytes = 9.6 MB of output
@@ -67,7 +69,7 @@ def read_input_bytes(config: Config, path: str) -> bytes:
         return storage.read_bytes(path)
     fs, file = storage.resolve(found["file"].as_py())
     row = int(found["row"].as_py())
-    with pq.ParquetFile(fs.open_input_file(file)) as pf:
+    with pq.ParquetFile(storage.retry(fs.open_input_file, file, what=f"read {file}")) as pf:
         for group in range(pf.num_row_groups):
             size = pf.metadata.row_group(group).num_rows
             if row < size:
@@ -139,25 +141,38 @@ def _read_files(table: pa.Table, fs: pafs.FileSystem, limits: dict[str, int]) ->
     )
     blocks = max(1, -(-listed.num_rows // (4 * DECODE_BATCH)))
     return ray.data.from_arrow(listed, override_num_blocks=blocks).map_batches(
-        _decode_files, **_map_options(limits, filesystem=fs)
+        _decode_files, **_map_options(limits, filesystem=fs, policy=storage.policy())
     )
 
 
-def _decode_files(batch: dict[str, np.ndarray], filesystem: pafs.FileSystem, limits: dict[str, int]) -> pa.Table:
-    """Read a batch's files concurrently, then decode each (an unreadable file becomes a rejection)."""
+def _decode_files(
+    batch: dict[str, np.ndarray], filesystem: pafs.FileSystem, policy: storage.RetryPolicy, limits: dict[str, int]
+) -> pa.Table:
+    """Read a batch's files concurrently, then decode each (a file gone or forbidden becomes a rejection).
+
+    A storage error that is not about the file itself fails the batch: `StorageError` naming the first
+    such file and how many of the batch's files failed.
+    """
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-        blobs = list(pool.map(partial(_read_file, filesystem), batch["path"]))
+        blobs = list(pool.map(partial(_read_file, filesystem, policy), batch["path"]))
+    failed = [blob for blob in blobs if isinstance(blob, storage.StorageError)]
+    if failed:
+        first = failed[0]
+        raise type(first)(first.what, first.error, len(failed), first.tries, first.seconds)
     results = [blob if isinstance(blob, Decoded) else decode_image(blob, **limits) for blob in blobs]
     return to_rows(batch["sample_id"], batch["label"], results, limits["size"], limits["defer_jpeg"])
 
 
-def _read_file(filesystem: pafs.FileSystem, path: str) -> bytes | Decoded:
-    """The file's bytes, or a rejection naming why it could not be read (vanished, permissions, ...)."""
+def _read_file(filesystem: pafs.FileSystem, policy: storage.RetryPolicy, path: str) -> bytes | Decoded | Exception:
+    """The file's bytes; a rejection if the file itself is the problem; else the `StorageError` to raise."""
     try:
-        with filesystem.open_input_stream(path) as f:
-            return f.read()
+        return storage.retry(storage.read_all, filesystem, path, what=f"read {path}", policy=policy)
+    except storage.StorageError as err:
+        return err
     except OSError as err:
-        return Decoded.rejected(f"{UNREADABLE}: {err}")
+        if isinstance(filesystem, pafs.LocalFileSystem) or storage.is_permanent(err):
+            return Decoded.rejected(unreadable(err))
+        return storage.StorageError(f"read {path}", str(err))
 
 
 def _reject_listed(batch: dict[str, np.ndarray], limits: dict[str, int]) -> pa.Table:
@@ -187,12 +202,16 @@ def _read_parquet_rows(table: pa.Table, fs: pafs.FileSystem, column: str, limits
     lists = [("row", "list"), ("sample_id", "list"), ("label", "list")]
     units = rows.group_by("file", use_threads=False).aggregate(lists)
     units = units.set_column(0, "file", pa.array([_fs_path(f) for f in units["file"].to_pylist()], pa.string()))
-    options = {**_map_options(limits, filesystem=fs, column=column), "batch_size": 1, "batch_format": "pyarrow"}
+    options = {
+        **_map_options(limits, filesystem=fs, column=column, policy=storage.policy()),
+        "batch_size": 1,
+        "batch_format": "pyarrow",
+    }
     return ray.data.from_arrow(units, override_num_blocks=units.num_rows).map_batches(_decode_parquet_file, **options)
 
 
 def _decode_parquet_file(
-    units: pa.Table, filesystem: pafs.FileSystem, column: str, limits: dict[str, int]
+    units: pa.Table, filesystem: pafs.FileSystem, column: str, policy: storage.RetryPolicy, limits: dict[str, int]
 ) -> Iterator[pa.Table]:
     """Stream a file's image column in batches and decode the listed rows (a null image is empty)."""
     for unit in units.to_pylist():
@@ -201,12 +220,17 @@ def _decode_parquet_file(
         wanted = wanted[order]
         sample_ids = np.asarray(unit["sample_id_list"], np.int64)[order]
         labels = np.asarray(unit["label_list"], np.int64)[order]
-        start = 0
-        with pq.ParquetFile(filesystem.open_input_file(unit["file"])) as pf:
-            for batch in pf.iter_batches(batch_size=DECODE_BATCH, columns=[column]):
-                lo, hi = np.searchsorted(wanted, [start, start + batch.num_rows])
-                if hi > lo:
-                    blobs = image_bytes(batch.column(0)).take(pa.array(wanted[lo:hi] - start))
-                    results = [decode_image(blob or b"", **limits) for blob in blobs.to_pylist()]
-                    yield to_rows(sample_ids[lo:hi], labels[lo:hi], results, limits["size"], limits["defer_jpeg"])
-                start += batch.num_rows
+        start, what = 0, f"read {unit['file']}"
+        source = storage.retry(filesystem.open_input_file, unit["file"], what=what, policy=policy)
+        try:
+            with pq.ParquetFile(source) as pf:
+                for batch in pf.iter_batches(batch_size=DECODE_BATCH, columns=[column]):
+                    lo, hi = np.searchsorted(wanted, [start, start + batch.num_rows])
+                    if hi > lo:
+                        blobs = image_bytes(batch.column(0)).take(pa.array(wanted[lo:hi] - start))
+                        results = [decode_image(blob or b"", **limits) for blob in blobs.to_pylist()]
+                        yield to_rows(sample_ids[lo:hi], labels[lo:hi], results, limits["size"], limits["defer_jpeg"])
+                    start += batch.num_rows
+        except OSError as err:  # the SDK's retries are spent: the rows of this file are not read
+            kind = storage.TransientStorageError if storage.is_transient(err) else storage.StorageError
+            raise kind(what, str(err), len(wanted), policy.attempts) from err

@@ -42,7 +42,6 @@ def evaluate_command(config: Config, args: argparse.Namespace) -> list[dict[str,
     summaries = {sampler: compress(arm(config, sampler)) for sampler in SAMPLERS}
     mae, _, weights = args.mae.partition(":")
     inventory = Layout(config).load_inventory()  # listed once, by the arms' shared embed stage
-    gpus = resources.gpus(config)
     arms = {"full": decoded(config, inventory)}
     meta: dict[str, dict[str, Any]] = {"full": {"sample_ratio": None, "storage_ratio": 1.0, "method": "full"}}
     for sampler, summary in summaries.items():
@@ -51,7 +50,7 @@ def evaluate_command(config: Config, args: argparse.Namespace) -> list[dict[str,
             mae=mae or None,
             mae_weights=weights or "hub",
             device=config.device,
-            num_gpus=float(bool(gpus and mae)),
+            num_gpus=resources.restore_gpus(config, bool(mae)),
         )
         meta[sampler] = {
             "method": sampler,
@@ -64,8 +63,7 @@ def evaluate_command(config: Config, args: argparse.Namespace) -> list[dict[str,
     )
     runs = storage.join(config.output, "train")  # Ray Train wants an absolute local path or a URL
     rows = evaluate_arms(
-        arms, test, recipe, metadata=meta, num_workers=max(1, args.workers), use_gpu=gpus > 0,
-        cpus_per_worker=1.0 if gpus else config.cpus_per_actor,
+        arms, test, recipe, metadata=meta, num_workers=max(1, args.workers), **resources.train_workers(config),
         storage_path=runs if storage.is_remote(runs) else storage.resolve(runs)[1],
     )  # fmt: skip
     write_table(rows, storage.join(config.output, "evaluation"))

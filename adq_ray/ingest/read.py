@@ -21,13 +21,12 @@ import pyarrow.parquet as pq
 import ray
 from ray.data.extensions import ArrowTensorArray
 
-from adq_ray import storage
+from adq_ray import resources, storage
 from adq_ray.config import Config
 from adq_ray.ingest.decode import UNLABELED, Decoded, decode_image, too_large, unreadable
 from adq_ray.ingest.sources import PARQUET_ROW, Inventory, image_bytes, parquet_rows
 
 DECODE_BATCH = 64  # rows per decode call: 64 x 224 x 224 x 3 bytes = 9.6 MB of output
-DECODE_CPUS = 0.5  # fractional, so small machines run several decode tasks at once
 READ_THREADS = 16  # concurrent file reads per decode task
 
 
@@ -115,7 +114,7 @@ def _map_options(limits: dict[str, int], **fn_kwargs) -> dict:
     return {
         "batch_size": DECODE_BATCH,
         "batch_format": "numpy",
-        "num_cpus": DECODE_CPUS,
+        **resources.decode_options(),
         "fn_kwargs": {"limits": limits, **fn_kwargs},
     }
 

@@ -53,7 +53,8 @@ class PatchDropper:
         size = cfg.patch_image_size
         if images.dtype != np.uint8 or images.shape[1:] != (size, size, 3):
             raise ValueError(f"expected uint8 images (B, {size}, {size}, 3), got {images.dtype} {images.shape}")
-        x = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2)
+        writable = np.require(images, requirements="W")  # Ray hands read-only arrays; torch warns on those
+        x = torch.from_numpy(writable).to(self.device).permute(0, 3, 1, 2)
         scores = self.cam(normalize(self._cam_input(x)), cfg.grid).flatten(1)
         kept = top_patches(scores, cfg.kept_patches)
         patches = patchify(x, cfg.patch_size)  # (B, L, 3, p, p) uint8

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from adq_ray import storage
+from adq_ray import resources, storage
 from adq_ray.models import normalize, select_device
 from adq_ray.models.backbone import IMAGENET_MEAN, IMAGENET_STD
 from adq_ray.models.mae import load_mae
@@ -96,6 +96,15 @@ class CompressedImages(Dataset):
     """Torch dataset over a compressed dataset: (uint8 tensor (3, S, S), label) per stored image.
 
     The rows (a few KB each) are held in memory; each item is decoded and restored on access.
+
+    Args:
+        uri: the run's `<output>/dataset` (local or s3://).
+        mae: an MAE from `load_mae` that paints the dropped patches; None: `fill` them.
+        fill: "mean" (the kept pixels' mean colour) when there is no MAE.
+
+    Example:
+        >>> ds = CompressedImages("outputs/cifar10-demo/dataset")  # doctest: +SKIP
+        >>> image, label = ds[0]  # uint8 (3, 224, 224), int
     """
 
     def __init__(self, uri: str, mae: nn.Module | None = None, fill: Fill = "mean") -> None:
@@ -142,8 +151,18 @@ def read_reconstructed(
 ) -> ray.data.Dataset:
     """A Ray dataset of restored images: columns `sample_id`, `image` uint8 (S, S, 3), `label` int64.
 
-    mae / mae_weights are as in `adq_ray.models.mae.load_mae` (None: no MAE, use `fill`); each of
-    the `num_actors` actors loads the MAE once.
+    Args:
+        uri: the run's `<output>/dataset` (local or s3://).
+        mae, mae_weights: as in `load_mae` (None: no MAE, use `fill`); each actor loads the MAE once.
+        fill: "mean" fills dropped patches with the kept pixels' mean colour when there is no MAE.
+        batch_size, device, num_actors, num_cpus, num_gpus: the restore actor pool (`resources.pool`).
+
+    Returns:
+        A lazy `ray.data.Dataset`; iterate it or hand it to Ray Train.
+
+    Example:
+        >>> ds = read_reconstructed("s3://bucket/adq/in1k-r10/dataset", mae="mae_vit_large_patch16")  # doctest: +SKIP
+        >>> batch = ds.take_batch(8)  # {"sample_id", "image", "label"}
     """
     fs, path = storage.resolve(uri)
     return ray.data.read_parquet(path, filesystem=fs).map_batches(
@@ -151,7 +170,5 @@ def read_reconstructed(
         fn_constructor_kwargs={"mae": mae, "mae_weights": mae_weights, "fill": fill, "device": device},
         batch_format="pyarrow",
         batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=num_actors),
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
+        **resources.pool(num_actors, num_gpus=num_gpus, num_cpus=num_cpus),
     )

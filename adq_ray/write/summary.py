@@ -17,7 +17,7 @@ from adq_ray.layout import Layout
 from adq_ray.patches.reconstruct import decode_rows
 from adq_ray.quotas.selection import class_count_summary
 from adq_ray.tables import read_parquet
-from adq_ray.write.manifest import KEPT, NOT_SELECTED, counts
+from adq_ray.write.manifest import KEPT, NOT_SELECTED, REJECTED, counts
 from adq_ray.write.report import write_report
 
 SAMPLES_PER_BIN = 10
@@ -43,6 +43,8 @@ def summary(config: Config, manifest: pa.Table, bin_table: list[dict], stages: d
         "target_rho": config.rho,
         "sample_ratio": sample_ratio,
         "patch_keep_ratio": patch_keep,
+        "kept_patches": config.kept_patches,
+        "patches_per_image": config.grid**2,
         "data_keep_ratio": sample_ratio * patch_keep,
         "kept_per_class": _kept_per_class(manifest),
         "source_bytes": source_bytes,
@@ -75,6 +77,8 @@ def report(config: Config, eval_rows: list[dict] | None = None) -> str:
     inventory = layout.load_inventory(np.concatenate([np.zeros(0, np.int64), *shown.values()]))
     rows = read_images(replace(config, image_size=THUMBNAIL), inventory).take_all()
     image_of = {r["sample_id"]: r["image"] for r in rows if r["status"] == "ok"}
+    named = kept.filter(pc.is_in(kept["sample_id"], pa.array(list(image_of), pa.int64())))
+    class_of = dict(zip(named["sample_id"].to_pylist(), named["class_name"].to_pylist()))
     overlays = []
     dataset = read_parquet(layout.dataset).slice(0, OVERLAYS)
     if dataset.num_rows:
@@ -86,6 +90,24 @@ def report(config: Config, eval_rows: list[dict] | None = None) -> str:
         summary=storage.read_json(layout.summary),
         bin_table=storage.read_json(layout.bin_table),
         samples_per_bin={b: [image_of[i] for i in ids if i in image_of] for b, ids in shown.items()},
+        sample_classes={b: [class_of[i] for i in ids if i in image_of] for b, ids in shown.items()},
         overlays=overlays,
         eval_rows=eval_rows,
+        classes=per_class(manifest),
     )
+
+
+def per_class(manifest: pa.Table) -> list[dict[str, object]]:
+    """One row per class of the manifest: class, inputs (readable), kept, rejected (counted in Arrow)."""
+    flags = {name: pc.equal(manifest["status"], name) for name in (KEPT, NOT_SELECTED, REJECTED)}
+    table = pa.table({"class": manifest["class_name"], **{k: pc.cast(v, pa.int64()) for k, v in flags.items()}})
+    grouped = table.group_by("class").aggregate([(k, "sum") for k in flags]).to_pylist()
+    return [
+        {
+            "class": g["class"],
+            "inputs": g[f"{KEPT}_sum"] + g[f"{NOT_SELECTED}_sum"],
+            "kept": g[f"{KEPT}_sum"],
+            "rejected": g[f"{REJECTED}_sum"],
+        }
+        for g in grouped
+    ]

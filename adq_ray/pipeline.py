@@ -24,9 +24,10 @@ from adq_ray.bins.remote import read_bin_sums, run_bins
 from adq_ray.config import Config
 from adq_ray.embed.actor import Embedder
 from adq_ray.embed.store import read_embeddings
-from adq_ray.ingest import list_inputs, read_images
+from adq_ray.ingest import Inventory, list_inputs, read_images
 from adq_ray.layout import BIN_TABLE, BINS, CELLS, CONFIG, EMBEDDINGS, SELECTION, STAGES, Layout, fingerprint
-from adq_ray.patches.dropper import PatchDropper
+from adq_ray.patches.dropper import PatchSelector, encode_rows
+from adq_ray.patches.source import read_sources
 from adq_ray.quotas import select
 from adq_ray.resources import actor_options, gpus
 from adq_ray.tables import read_parquet, to_matrix, write_parquet
@@ -35,6 +36,8 @@ from adq_ray.write import summary as summarize
 from adq_ray.write.manifest import build_manifest
 
 log = logging.getLogger("adq_ray")
+PATCH_TASK_BATCH = 64  # rows per patch-stage decode / encode task call
+PATCH_TASK_CPUS = 0.5  # fractional, like ingest's decode tasks
 
 
 @dataclass
@@ -173,12 +176,23 @@ def _tensor(column: pa.ChunkedArray) -> torch.Tensor:
 def patches_stage(config: Config, out: str) -> None:
     """Re-read the selected images at the patch size, GradCAM++ their patches, store the kept ones."""
     layout = Layout(config)
-    chosen = layout.load_inventory(layout.selected_ids())
-    ds = read_images(config.replace(image_size=config.patch_image_size), chosen)
-    ds = ds.filter(expr="status == 'ok'").map_batches(
-        PatchDropper, fn_constructor_kwargs={"config": config}, batch_size=config.batch_size, **actor_options(config)
+    _write_dataset(patch_dataset(config, layout.load_inventory(layout.selected_ids())), out)
+
+
+def patch_dataset(config: Config, chosen: Inventory) -> ray.data.Dataset:
+    """Decode tasks (`read_sources`) -> CAM actors (`PatchSelector`) -> encode tasks (`encode_rows`).
+
+    The actors only run the model and gather the kept pixels; decoding and PNG/JPEG encoding run as CPU
+    tasks beside them, so per-row CPU work is off the model's critical path on a GPU.
+    """
+    listed = chosen.table.select(["sample_id", "label", "path"])
+    cpu_task = {"batch_size": PATCH_TASK_BATCH, "num_cpus": PATCH_TASK_CPUS, "fn_kwargs": {"config": config}}
+    ds = ray.data.from_arrow(listed, override_num_blocks=max(1, -(-listed.num_rows // (4 * PATCH_TASK_BATCH))))
+    ds = ds.map_batches(read_sources, batch_format="numpy", **cpu_task).filter(expr="status == 'ok'")
+    ds = ds.map_batches(
+        PatchSelector, fn_constructor_kwargs={"config": config}, batch_size=config.batch_size, **actor_options(config)
     )
-    _write_dataset(ds, out)
+    return ds.map_batches(encode_rows, batch_format="numpy", **cpu_task)
 
 
 def write_stage(run: Run) -> dict[str, object]:

@@ -1,4 +1,9 @@
-"""Ray Data stage: score patches with GradCAM++, keep the most important ones, encode them compactly."""
+"""Ray Data stage: score patches with GradCAM++, keep the most important ones, encode them compactly.
+
+Two steps, so the per-row CPU work is off the model's critical path: `PatchSelector` (an actor: CAM,
+top-k, the kept pixels as one buffer per batch) and `encode_rows` (CPU tasks: PNG/JPEG encode, one
+Arrow table per batch). `PatchDropper` runs both in one call (in-process use, tests, benchmarks).
+"""
 
 from __future__ import annotations
 
@@ -8,17 +13,22 @@ import torch
 
 from adq_ray.config import Config
 from adq_ray.models import create_model, normalize, resize, select_device
-from adq_ray.patches.codec import dataset_schema, encode_patches
+from adq_ray.patches.codec import dataset_schema, encode_source, encode_strip
 from adq_ray.patches.gradcam import GradCAMPlusPlus
-from adq_ray.patches.grid import patchify, top_patches
+from adq_ray.patches.grid import patchify, source_mask, top_patches
+
+SOURCE_COLUMNS = ("source", "source_height", "source_width", "source_quality")
 
 
-class PatchDropper:
-    """Callable class for `map_batches(PatchDropper, fn_constructor_args=(config,), compute=ActorPoolStrategy(...))`.
+class PatchSelector:
+    """Callable class for `map_batches(PatchSelector, fn_constructor_kwargs={"config": config}, compute=ActorPoolStrategy(...))`.
 
     Input batch (numpy): `sample_id` int64, `label` int64, `image` uint8 (B, S, S, 3) with
-    S = config.patch_image_size (other columns are ignored). Output: a pyarrow table with
-    `dataset_schema(config.kept_patches)`, one row per image.
+    S = config.patch_image_size; optionally (`patches.source.read_sources`) `source` (raw H x W x 3 bytes of
+    a source with fewer than S x S pixels, else b""), `source_height`, `source_width`, `source_quality`.
+    Output (numpy, for `encode_rows`): `sample_id`, `label`, `kept_idx` int16 (B, K), `pixels` (object:
+    raw bytes: the kept-patch strip (p, K p, 3), or the source), `source_height`, `source_width`
+    (0: strip layout), `source_quality` (0: unknown).
     """
 
     def __init__(self, config: Config) -> None:
@@ -32,7 +42,6 @@ class PatchDropper:
         if self.device.type == "cuda":
             torch.backends.cudnn.allow_tf32 = False
         self.cam = GradCAMPlusPlus(model, config.cam_layer)
-        self.schema = dataset_schema(config.kept_patches)
 
     def _cam_input(self, x: torch.Tensor) -> torch.Tensor:
         """The image at the CAM model's own resolution (`cam_image_size`), e.g. 32 px for a CIFAR network.
@@ -45,32 +54,86 @@ class PatchDropper:
             return x
         return resize(x, size)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cfg = self.config
         images = np.asarray(batch["image"])
-        if len(images) == 0:
-            return self.schema.empty_table()
-        size = cfg.patch_image_size
-        if images.dtype != np.uint8 or images.shape[1:] != (size, size, 3):
+        size, n = cfg.patch_image_size, len(images)
+        if n and (images.dtype != np.uint8 or images.shape[1:] != (size, size, 3)):
             raise ValueError(f"expected uint8 images (B, {size}, {size}, 3), got {images.dtype} {images.shape}")
+        heights = np.asarray(batch.get("source_height", np.zeros(n)), np.int32)
+        kept_idx, strips = self.select(images, heights == 0)
+        pixels = np.empty(n, dtype=object)
+        sources = batch.get("source")
+        strip_rows = iter(strips)
+        for i in range(n):  # bytes objects: what Ray turns into one Arrow binary column
+            pixels[i] = next(strip_rows).tobytes() if heights[i] == 0 else bytes(sources[i])
+        return {
+            "sample_id": np.asarray(batch["sample_id"], np.int64),
+            "label": np.asarray(batch["label"], np.int64),
+            "kept_idx": kept_idx,
+            "pixels": pixels,
+            "source_height": heights,
+            "source_width": np.asarray(batch.get("source_width", np.zeros(n)), np.int32),
+            "source_quality": np.asarray(batch.get("source_quality", np.zeros(n)), np.int32),
+        }
+
+    def select(self, images: np.ndarray, strip_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (B, S, S, 3) -> kept patch indices int16 (B, K), and the strips (b, p, K p, 3) of `strip_rows`."""
+        cfg = self.config
+        k, p = cfg.kept_patches, cfg.patch_size
+        if len(images) == 0:
+            return np.zeros((0, k), np.int16), np.zeros((0, p, k * p, 3), np.uint8)
         writable = np.require(images, requirements="W")  # Ray hands read-only arrays; torch warns on those
         x = torch.from_numpy(writable).to(self.device).permute(0, 3, 1, 2)
         scores = self.cam(normalize(self._cam_input(x)), cfg.grid).flatten(1)
-        kept = top_patches(scores, cfg.kept_patches)
-        patches = patchify(x, cfg.patch_size)  # (B, L, 3, p, p) uint8
-        chosen = patches[torch.arange(len(x), device=x.device)[:, None], kept]
-        chosen = chosen.permute(0, 1, 3, 4, 2).cpu().numpy()  # (B, K, p, p, 3)
-        kept_idx = kept.cpu().numpy().astype(np.int16)
-        blobs = [encode_patches(c, cfg.codec, cfg.jpeg_quality) for c in chosen]
-        n = len(blobs)
-        columns = {
-            "sample_id": np.asarray(batch["sample_id"], dtype=np.int64),
-            "label": np.asarray(batch["label"], dtype=np.int64),
-            "kept_idx": pa.FixedSizeListArray.from_arrays(pa.array(kept_idx.ravel()), cfg.kept_patches),
-            "patches": pa.array(blobs, type=pa.binary()),
-            "codec": pa.array([cfg.codec] * n, type=pa.string()),
-            "patch_size": np.full(n, cfg.patch_size, dtype=np.int32),
-            "image_size": np.full(n, size, dtype=np.int32),
-            "nbytes": np.array([len(b) for b in blobs], dtype=np.int64) + kept_idx.shape[1] * kept_idx.itemsize,
-        }
-        return pa.table(columns, schema=self.schema)
+        kept = top_patches(scores, k)
+        rows = torch.from_numpy(np.flatnonzero(strip_rows)).to(self.device)
+        chosen = patchify(x[rows], p)[torch.arange(len(rows), device=x.device)[:, None], kept[rows]]  # (b, K, 3, p, p)
+        strips = chosen.permute(0, 3, 1, 4, 2).reshape(len(rows), p, k * p, 3)
+        return kept.cpu().numpy().astype(np.int16), strips.cpu().numpy()
+
+
+def encode_rows(batch: dict[str, np.ndarray], config: Config) -> pa.Table:
+    """`PatchSelector` output -> dataset rows (`codec.dataset_schema`): each row's kept pixels encoded with
+    `config.codec` at min(jpeg_quality, source_quality) (strip layout when source_height is 0)."""
+    cfg = config
+    kept_idx = np.asarray(batch["kept_idx"], np.int16).reshape(-1, cfg.kept_patches)
+    heights, widths = np.asarray(batch["source_height"]), np.asarray(batch["source_width"])
+    quality = np.asarray(batch["source_quality"])
+    quality = np.where((quality > 0) & (quality < cfg.jpeg_quality), quality, cfg.jpeg_quality)
+    keep = np.zeros((len(kept_idx), cfg.grid**2), bool)
+    np.put_along_axis(keep, kept_idx.astype(np.int64), True, axis=1)
+    blobs = []
+    for i, data in enumerate(batch["pixels"]):
+        h, w = int(heights[i]), int(widths[i])
+        if h == 0:
+            strip = np.frombuffer(data, np.uint8).reshape(cfg.patch_size, -1, 3)
+            blobs.append(encode_strip(strip, cfg.codec, int(quality[i])))
+        else:
+            image = np.frombuffer(data, np.uint8).reshape(h, w, 3)
+            mask = source_mask(keep[i : i + 1], h, w, cfg.patch_image_size)[0]
+            blobs.append(encode_source(image, mask, cfg.codec, int(quality[i])))
+    n = len(blobs)
+    patches = pa.array(blobs, type=pa.binary())
+    lengths = np.array([len(b) for b in blobs], np.int64)
+    columns = {
+        "sample_id": pa.array(np.asarray(batch["sample_id"], np.int64)),
+        "label": pa.array(np.asarray(batch["label"], np.int64)),
+        "kept_idx": pa.FixedSizeListArray.from_arrays(pa.array(kept_idx.ravel()), cfg.kept_patches),
+        "patches": patches,
+        "codec": pa.repeat(pa.scalar(cfg.codec), n),
+        "patch_size": pa.repeat(pa.scalar(cfg.patch_size, pa.int32()), n),
+        "image_size": pa.repeat(pa.scalar(cfg.patch_image_size, pa.int32()), n),
+        "nbytes": pa.array(lengths + 2 * cfg.kept_patches),
+        "source_height": pa.array(heights.astype(np.int32)),
+        "source_width": pa.array(widths.astype(np.int32)),
+    }
+    return pa.table(columns, schema=dataset_schema(cfg.kept_patches))
+
+
+class PatchDropper(PatchSelector):
+    """`PatchSelector` then `encode_rows` in one call: input as `PatchSelector`; output a pyarrow table with
+    `dataset_schema(config.kept_patches)`, one row per image."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        return encode_rows(super().__call__(batch), self.config)

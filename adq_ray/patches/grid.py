@@ -5,6 +5,7 @@ Patches are numbered row-major (index = row * grid + col), as in ViT / MAE.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -46,3 +47,30 @@ def expand_mask(keep: torch.Tensor, patch_size: int) -> torch.Tensor:
     grid = int(round(keep.shape[1] ** 0.5))
     x = keep.reshape(-1, grid, grid)
     return x.repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2).unsqueeze(1)
+
+
+def bilinear_support(n_in: int, n_out: int) -> np.ndarray:
+    """Boolean (n_out, n_in): the input pixels Pillow's BILINEAR resize reads for each output pixel, on one axis.
+
+    Pillow's `precompute_coeffs` (Resample.c): scale = n_in / n_out, support = max(scale, 1), output i reads
+    inputs [int(c - support + 0.5), int(c + support + 0.5)) clipped to [0, n_in), c = (i + 0.5) scale. The
+    window is a superset of the non-zero weights, so a pixel outside it never changes output i.
+    """
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    center = (np.arange(n_out) + 0.5) * scale
+    first = np.maximum(np.trunc(center - support + 0.5), 0)
+    last = np.minimum(np.trunc(center + support + 0.5), n_in)
+    j = np.arange(n_in)
+    return (j >= first[:, None]) & (j < last[:, None])
+
+
+def source_mask(keep: np.ndarray, height: int, width: int, size: int) -> np.ndarray:
+    """Patch keep mask (B, g^2) -> boolean (B, height, width): the source pixels that a BILINEAR resize to
+    size x size reads for any pixel of a kept patch; all other source pixels can be dropped without
+    changing a kept pixel of the resized image (`bilinear_support`, separable: rows x columns)."""
+    g = int(round(keep.shape[1] ** 0.5))
+    rows = bilinear_support(height, size).reshape(g, size // g, height).any(1)  # (g, H)
+    cols = bilinear_support(width, size).reshape(g, size // g, width).any(1)  # (g, W)
+    k = keep.reshape(-1, g, g).astype(np.float32)
+    return np.einsum("rh,brc,cw->bhw", rows.astype(np.float32), k, cols.astype(np.float32)) > 0

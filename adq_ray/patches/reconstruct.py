@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -20,8 +21,8 @@ from adq_ray import resources, storage
 from adq_ray.models import normalize, select_device
 from adq_ray.models.backbone import IMAGENET_MEAN, IMAGENET_STD
 from adq_ray.models.mae import load_mae
-from adq_ray.patches.codec import decode_patches
-from adq_ray.patches.grid import expand_mask, keep_mask, unpatchify
+from adq_ray.patches.codec import decode_patches, decode_source
+from adq_ray.patches.grid import expand_mask, keep_mask, source_mask, unpatchify
 from adq_ray.tables import read_parquet
 
 Fill = Literal["mean", "zero"]
@@ -76,20 +77,41 @@ def restore(
 
 
 def decode_rows(table: pa.Table) -> tuple[torch.Tensor, torch.Tensor]:
-    """Assembled uint8 images (B, 3, S, S), zero where dropped, and keep masks (B, L) from dataset rows."""
+    """Assembled uint8 images (B, 3, S, S), zero where dropped, and keep masks (B, L) from dataset rows.
+
+    Strip-layout rows are pasted patch by patch; source-layout rows (`source_height` > 0) are decoded at
+    the source's resolution and resized to S x S as ingest resizes the source (Pillow bilinear), which
+    gives the kept patches' pixels exactly for lossless codecs. Tables without the source columns (written
+    before they existed) are all strips.
+    """
     sizes = set(zip(table["patch_size"].to_pylist(), table["image_size"].to_pylist()))
     if len(sizes) != 1:
         raise ValueError(f"rows mix patch/image sizes {sorted(sizes)}; read them in separate batches")
     ((p, s),) = sizes
+    n = len(table)
     kept = table["kept_idx"].combine_chunks()
-    kept_idx = torch.from_numpy(kept.flatten().to_numpy().astype(np.int64).reshape(len(table), -1))
-    patches = np.stack(
-        [
-            decode_patches(data, codec, p)
-            for data, codec in zip(table["patches"].to_pylist(), table["codec"].to_pylist())
-        ]
-    )
-    return assemble(kept_idx, torch.from_numpy(patches).permute(0, 1, 4, 2, 3), s // p)
+    kept_idx = torch.from_numpy(kept.flatten().to_numpy().astype(np.int64).reshape(n, -1))
+    keep = keep_mask(kept_idx, (s // p) ** 2)
+    heights = _column(table, "source_height", n)
+    widths = _column(table, "source_width", n)
+    data, codecs = table["patches"].to_pylist(), table["codec"].to_pylist()
+    images = torch.zeros(n, 3, s, s, dtype=torch.uint8)
+    strip = np.flatnonzero(heights == 0)
+    if len(strip):
+        patches = np.stack([decode_patches(data[i], codecs[i], p) for i in strip])
+        images[strip] = assemble(kept_idx[strip], torch.from_numpy(patches).permute(0, 1, 4, 2, 3), s // p)[0]
+    for i in np.flatnonzero(heights > 0):
+        mask = source_mask(keep[i : i + 1].numpy(), int(heights[i]), int(widths[i]), s)[0]
+        image = Image.fromarray(decode_source(data[i], codecs[i], mask)).resize((s, s), Image.Resampling.BILINEAR)
+        images[i] = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+    if len(strip) < n:
+        images *= expand_mask(keep, p)
+    return images, keep
+
+
+def _column(table: pa.Table, name: str, n: int) -> np.ndarray:
+    """An int column as numpy, zeros when the table predates it."""
+    return table[name].to_numpy() if name in table.column_names else np.zeros(n, np.int32)
 
 
 class CompressedImages(Dataset):

@@ -73,10 +73,26 @@ class Run:
         with watch(self.config, name):
             storage.commit(staging, directory, {"stage": name, "fingerprint": key})
         self.stages[name] = {"reused": False, "seconds": round(time.perf_counter() - start, 3), "path": directory}
+        log.info("stage %s: done in %.1f s", name, self.stages[name]["seconds"])
 
 
 def compress(config: Config, until: str = "write") -> dict[str, object]:
-    """Run every stage up to and including `until`; returns the summary (also written to the output)."""
+    """Run every stage up to and including `until`; returns the summary (also written to the output).
+
+    Args:
+        config: the run (`Config`); starts a local Ray unless one is running or reachable.
+        until: the last stage to run: embed, bins, select, patches or write (all).
+
+    Returns:
+        The summary dict (counts, ratios, bytes, seconds per stage) once `write` ran.
+
+    Example:
+        >>> import adq_ray
+        >>> config = adq_ray.Config(input="data/cifar10/train", output="outputs/r10", backbone="cifar_resnet20",
+        ...                         backbone_weights="random", cam_model="cifar_resnet20", cam_weights="random",
+        ...                         cam_layer="layer3", image_size=32)  # doctest: +SKIP
+        >>> adq_ray.compress(config)["sample_ratio"]  # doctest: +SKIP
+    """
     if until not in STAGES:
         raise ValueError(f"until must be one of {', '.join(STAGES)}, got {until!r}")
     if not ray.is_initialized():
@@ -215,7 +231,18 @@ def write_stage(run: Run) -> dict[str, object]:
 
 
 def resample(config: Config) -> dict[str, object]:
-    """A new rho / alpha / sampler on cached embeddings and bins: refuses to run any embedding model."""
+    """A new rho / alpha / sampler on cached embeddings and bins: refuses to run any embedding model.
+
+    Args:
+        config: as the earlier run's, with a new rho / alpha / sampler and a new `output` whose `cache` is
+            the earlier run's `cache_uri`; the patch stage re-runs for the new selection.
+
+    Returns:
+        The new run's summary.
+
+    Example:
+        >>> adq_ray.resample(config.replace(rho=0.05, output="outputs/r05", cache=config.cache_uri))  # doctest: +SKIP
+    """
     layout = Layout(config)
     for name in ("embed", "bins"):
         if not storage.is_committed(layout.stage(name)):

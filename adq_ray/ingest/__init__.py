@@ -2,7 +2,6 @@
 
 from adq_ray.ingest.cifar import extract_cifar_subset
 from adq_ray.ingest.decode import Decoded, decode_image
-from adq_ray.ingest.read import read_images, read_input_bytes
 from adq_ray.ingest.sources import INVENTORY_SCHEMA, Inventory, list_inputs
 
 __all__ = [
@@ -15,3 +14,14 @@ __all__ = [
     "read_images",
     "read_input_bytes",
 ]
+
+# The Ray reader loads on first use: `import adq_ray.ingest` (listing, decoding) imports no Ray.
+_LAZY = {"read_images": "adq_ray.ingest.read", "read_input_bytes": "adq_ray.ingest.read"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,17 +10,15 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
-from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
 from adq_ray import storage
 from adq_ray.config import Config, ConfigError, field_help, field_types
-
-DEMO_CONFIG = Path(__file__).resolve().parent / "demo.yaml"
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from adq_ray.demo import demo_data
 
 
 def _field_flags(parser: argparse.ArgumentParser) -> None:
@@ -48,16 +46,55 @@ def build_config(args: argparse.Namespace) -> Config:
             raise ConfigError(f"{args.config}: expected a mapping of config fields")
         values.update(loaded)
     names = field_types().keys()
+    from_file = dict(values)
     values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
+    if args.command == "sample":
+        values = sample_values(from_file, values, given_output=args.output, overwrite=getattr(args, "overwrite", False))
     missing = [k for k in ("input", "output") if k not in values]
     if missing:
         raise ConfigError(f"missing required config: {', '.join('--' + m for m in missing)}")
     return Config.from_dict(values)
 
 
+def sample_values(
+    from_file: dict[str, Any], values: dict[str, Any], *, given_output: str | None, overwrite: bool
+) -> dict[str, Any]:
+    """`adq sample`: a new output beside the run it re-samples from (the --config file's output), named after
+    the sampling fields and sharing that run's stage cache; writing into that very output needs --overwrite."""
+    if "output" not in from_file:
+        return values  # no run to re-sample from: the flags name everything
+    base = _absolute(str(from_file["output"])).rstrip("/")
+    values = {"cache": _absolute(str(from_file.get("cache") or base + "/_stages")), **values}
+    if given_output is None:
+        pick = {f.name: values.get(f.name, f.default) for f in dataclasses.fields(Config)}
+        values["output"] = f"{base}-{pick['sampler']}-rho{pick['rho']:g}-alpha{pick['alpha']:g}"
+    elif _absolute(given_output).rstrip("/") == base and not overwrite:
+        raise ConfigError(
+            f"adq sample would overwrite {given_output}, the run it re-samples from; drop --output (a new folder "
+            "beside it is named after rho, alpha and sampler), give another one, or pass --overwrite"
+        )
+    return values
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's progress as one bar per stage in a terminal, and none elsewhere (job logs, CI), where it would
+    dump every operator every 10 s: adq_ray's own `stage <name>: running / done in N s` lines say what runs."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_operator_progress_bars = False  # one bar per dataset, i.e. per stage
+    context.enable_progress_bars = sys.stderr.isatty()
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # execution plans and sink summaries, per dataset
+
+
+def _absolute(path: str) -> str:
+    """Local paths made absolute, as Config does; URLs unchanged."""
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adq", description=__doc__.splitlines()[0])
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every stage's progress (INFO)")
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_text in (
         ("compress", "run the pipeline (re-using every stage already committed)"),
@@ -66,23 +103,32 @@ def parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_text)
         c.add_argument("--config", help="YAML file of config fields (local or s3://)")
         if name == "compress":
-            c.add_argument("--until", default="write", help="stop after this stage: embed|bins|select|patches|write")
+            c.add_argument(
+                "--until",
+                default="write",
+                help="stop after this stage: embed|bins|select|patches|write (default: write)",
+            )
         _field_flags(c)
     e = sub.add_parser("evaluate", help="train a classifier on full / random / DQ / ADQ data and compare")
     e.add_argument("--config", help="YAML file of config fields")
     e.add_argument("--test", required=True, help="ImageFolder of the test split")
-    e.add_argument("--epochs", type=int, default=200)
-    e.add_argument("--model", default="resnet18_cifar")
-    e.add_argument("--train-batch-size", type=int, default=128)
-    e.add_argument("--workers", type=int, default=1)
+    e.add_argument("--epochs", type=int, default=200, help="training epochs per classifier (default: 200)")
+    e.add_argument("--model", default="resnet18_cifar", help="classifier architecture (default: resnet18_cifar)")
+    e.add_argument("--train-batch-size", type=int, default=128, help="global training batch (default: 128)")
+    e.add_argument("--workers", type=int, default=1, help="Ray Train workers per classifier (default: 1)")
     e.add_argument(
         "--mae", default="", help="MAE arch:weights (e.g. mae_vit_large_patch16:s3://b/mae.pth); empty = mean fill"
     )
     _field_flags(e)
-    d = sub.add_parser("demo-data", help="extract the embedded default dataset (a CIFAR-10 subset) from ../shared")
-    d.add_argument("--dest", default="data/cifar10")
-    d.add_argument("--per-class", type=int, default=100)
-    d.add_argument("--test-per-class", type=int, default=100)
+    d = sub.add_parser(
+        "demo-data", help="extract the embedded default dataset (a CIFAR-10 subset shipped with adq-ray)"
+    )
+    d.add_argument("--dest", default="data/cifar10", help="folder for train/ and test/ (default: data/cifar10)")
+    d.add_argument("--per-class", type=int, default=100, help="training images per class (default: 100)")
+    d.add_argument("--test-per-class", type=int, default=100, help="test images per class, 0 = none (default: 100)")
+    d.add_argument(
+        "--tar", default=None, help="a CIFAR-10 tarball (train/<class>/<file>) for more than the 100 per class shipped"
+    )
     return p
 
 
@@ -94,11 +140,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo-data":
             print(
                 json.dumps(
-                    {k: str(v) for k, v in demo_data(Path(args.dest), args.per_class, args.test_per_class).items()}
+                    {
+                        k: str(v)
+                        for k, v in demo_data(args.dest, args.per_class, args.test_per_class, tar=args.tar).items()
+                    }
                 )
             )
             return 0
         config = build_config(args)
+        quiet_ray_data()
     except (ConfigError, FileNotFoundError) as err:
         print(f"adq: error: {err}", file=sys.stderr)
         return 2
@@ -112,19 +162,6 @@ def main(argv: list[str] | None = None) -> int:
         result = compress(config, until=args.until) if args.command == "compress" else resample(config)
     print(json.dumps(result, indent=2, default=str))
     return 0
-
-
-def demo_data(dest: Path, per_class: int, test_per_class: int) -> dict[str, Path]:
-    """Train and test ImageFolders extracted from ../shared/data/cifar10-jpeg.tar.gz (idempotent)."""
-    from adq_ray.ingest.cifar import extract_cifar_subset
-
-    tar = SHARED / "data" / "cifar10-jpeg.tar.gz"
-    if not tar.exists():
-        raise FileNotFoundError(f"the embedded default dataset needs {tar} (the shared folder beside the checkout)")
-    return {
-        "train": extract_cifar_subset(tar, dest / "train", per_class=per_class, split="train"),
-        "test": extract_cifar_subset(tar, dest / "test", per_class=test_per_class, split="test"),
-    }
 
 
 if __name__ == "__main__":

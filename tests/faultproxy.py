@@ -73,10 +73,21 @@ class FaultProxy:
             self.rules.clear()
             self._healed.set()
 
+    def reset(self) -> None:
+        """Healthy again: no rules, listening, and the record of requests cleared."""
+        self.heal()
+        self.up()
+        with self._lock:
+            self.seen.clear()
+
     def down(self) -> None:
         """Close the listening socket: new connections are refused until `up()`."""
         listener, self._listener = self._listener, None
         if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept(); close() alone does not
+            except OSError:
+                pass
             listener.close()
 
     def up(self) -> None:

@@ -62,25 +62,21 @@ def store(s3_server, tmp_path_factory):
 @pytest.fixture
 def proxy(store, ray_session, monkeypatch):
     """The proxy, healthy, as the driver's S3 endpoint (pinned into the filesystems Ray workers get)."""
-    store.up()
-    store.heal()
+    store.reset()
     monkeypatch.setenv("AWS_ENDPOINT_URL", store.url)
     yield store
-    store.heal()
-    store.up()
+    store.reset()
 
 
 @pytest.fixture
 def bare_proxy(store, monkeypatch):
     """The proxy as the S3 endpoint, without Ray (storage calls on this process only)."""
-    store.up()
-    store.heal()
+    store.reset()
     monkeypatch.setenv("AWS_ENDPOINT_URL", store.url)
     storage.configure(storage.RetryPolicy(attempts=2, connect_timeout=1.0, request_timeout=2.0, base_delay=0.2))
     yield store
     storage.configure(storage.RetryPolicy())
-    store.heal()
-    store.up()
+    store.reset()
 
 
 def config(tmp_path: Path, **changes) -> Config:

@@ -17,8 +17,12 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from adq_ray import storage
-from adq_ray.config import Config, ConfigError, field_help, field_types
+from adq_ray.config import Config, ConfigError, Stage, field_help, field_types
 from adq_ray.demo import demo_data
+from adq_ray.errors import UserError
+from adq_ray.redact import redact
+
+UNTIL = (*get_args(Stage), "write")  # the pipeline's stages, in order (layout.STAGES)
 
 
 def _field_flags(parser: argparse.ArgumentParser) -> None:
@@ -103,11 +107,13 @@ def parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_text)
         c.add_argument("--config", help="YAML file of config fields (local or s3://)")
         if name == "compress":
-            c.add_argument(
-                "--until",
-                default="write",
-                help="stop after this stage: embed|bins|select|patches|write (default: write)",
-            )
+            c.add_argument("--until", default="write", choices=UNTIL, help="stop after this stage (default: write)")
+        c.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="write into an existing non-empty output that adq-ray did not create, replacing only its own "
+            "products there (dataset, manifest, summary, config, report)",
+        )
         _field_flags(c)
     e = sub.add_parser("evaluate", help="train a classifier on full / random / DQ / ADQ data and compare")
     e.add_argument("--config", help="YAML file of config fields")
@@ -149,19 +155,42 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         config = build_config(args)
         quiet_ray_data()
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"adq: error: {err}", file=sys.stderr)
+        if args.command == "evaluate":
+            from adq_ray.evaluate.arms import evaluate_command
+            from adq_ray.models.weights import check_weights
+
+            check_weights(config, extra=[args.mae.partition(":")[2]] if args.mae else [])
+            result = evaluate_command(config, args)
+        else:
+            from adq_ray.pipeline import compress, resample
+
+            if args.command == "compress":
+                result = compress(config, until=args.until, overwrite=args.overwrite)
+            else:
+                result = resample(config, overwrite=args.overwrite)
+    except Exception as err:  # the one error boundary: user errors are one line (exit 2), the rest a traceback
+        if not is_user_error(err):
+            raise
+        print(f"adq: error: {one_line(err)}", file=sys.stderr)
         return 2
-    if args.command == "evaluate":
-        from adq_ray.evaluate.arms import evaluate_command
-
-        result = evaluate_command(config, args)
-    else:
-        from adq_ray.pipeline import compress, resample
-
-        result = compress(config, until=args.until) if args.command == "compress" else resample(config)
     print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+# OSError texts of object stores refusing the credentials (pyarrow's S3 errors are plain OSErrors).
+_AUTH = ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "403")
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Errors a user fixes (a value, a path, a file, a lock, credentials): printed as one line, exit 2."""
+    if isinstance(err, (UserError, FileNotFoundError, NotADirectoryError, PermissionError, yaml.YAMLError)):
+        return True
+    return isinstance(err, OSError) and any(code in str(err) for code in _AUTH)
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line, credentials masked."""
+    return redact(" ".join(str(err).split()) or type(err).__name__)
 
 
 if __name__ == "__main__":

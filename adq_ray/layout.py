@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from adq_ray import __version__, storage
 from adq_ray.config import Config, field_stage, field_types
-from adq_ray.ingest import Inventory
+from adq_ray.ingest import Inventory, walk_input
 from adq_ray.tables import read_parquet, write_parquet
 
 STAGES = ("embed", "bins", "select", "patches", "write")
@@ -32,23 +33,38 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def fingerprint(config: Config, stage: str) -> str:
-    """Hash of the config fields that `stage` and every stage before it depend on, and of the version
-    of adq-ray (an upgrade never re-uses a cache written by other code)."""
+def fingerprint(config: Config, stage: str, listing: str = "") -> str:
+    """Hash of the config fields that `stage` and every stage before it depend on, of the input's
+    listing digest (`sources.Listing.digest`: what was read, from embed on) and of the version of
+    adq-ray (an upgrade never re-uses a cache written by other code)."""
     upto = STAGES[: STAGES.index(stage) + 1]
     values = {name: getattr(config, name) for s in upto for name in STAGE_FIELDS[s]}
     values["adq_ray"] = __version__
+    if listing:
+        values["listing"] = listing
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
 class Layout:
-    """The paths of one config's stage outputs, and readers for the small ones."""
+    """The paths of one config's stage outputs, and readers for the small ones.
+
+    Stage directories are keyed by the input's listing digest too: pass the one a run listed, or
+    leave it out to list the input now (readers after a run, `adq sample`).
+    """
 
     config: Config
+    listing: str | None = None
+
+    @cached_property
+    def digest(self) -> str:
+        return self.listing if self.listing is not None else walk_input(self.config).digest
+
+    def fingerprint(self, name: str) -> str:
+        return fingerprint(self.config, name, self.digest)
 
     def stage(self, name: str) -> str:
-        return storage.join(self.config.cache_uri, f"{name}-{fingerprint(self.config, name)}")
+        return storage.join(self.config.cache_uri, f"{name}-{self.fingerprint(name)}")
 
     def output(self, name: str) -> str:
         return storage.join(self.config.output, name)

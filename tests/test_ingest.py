@@ -189,8 +189,8 @@ def test_parquet_integer_labels(tmp_path: Path) -> None:
     table = pa.table({"image": [b"x", b"y", b"z"], "label": pa.array([2, None, 0], pa.int32())})
     pq.write_table(table, tmp_path / "d.parquet")
     inv = list_inputs(_config(str(tmp_path / "d.parquet")))
-    assert inv.classes == ["0", "1", "2"]
-    assert inv.table["label"].to_pylist() == [2, -1, 0]
+    assert inv.classes == ["0", "2"]  # dense over the distinct values
+    assert inv.table["label"].to_pylist() == [1, -1, 0]
     assert inv.table["class_name"].to_pylist() == ["2", "", "0"]
 
 

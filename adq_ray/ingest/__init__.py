@@ -2,17 +2,19 @@
 
 from adq_ray.ingest.cifar import extract_cifar_subset
 from adq_ray.ingest.decode import Decoded, decode_image
-from adq_ray.ingest.sources import INVENTORY_SCHEMA, Inventory, list_inputs
+from adq_ray.ingest.sources import INVENTORY_SCHEMA, Inventory, Listing, list_inputs, walk_input
 
 __all__ = [
     "INVENTORY_SCHEMA",
     "Decoded",
     "Inventory",
+    "Listing",
     "decode_image",
     "extract_cifar_subset",
     "list_inputs",
     "read_images",
     "read_input_bytes",
+    "walk_input",
 ]
 
 # The Ray reader loads on first use: `import adq_ray.ingest` (listing, decoding) imports no Ray.

@@ -41,7 +41,7 @@ def read_images(config: Config, inventory: Inventory, defer_jpeg: bool = False) 
     other row), for the embed actor to decode on its device.
     """
     table, limits, fs = inventory.table, _limits(config, defer_jpeg), storage.resolve(config.input)[0]
-    skip = pc.greater(table["nbytes"], config.max_file_bytes)
+    skip = pc.or_(pc.greater(table["nbytes"], config.max_file_bytes), pc.not_equal(table["reason"], ""))
     if config.labeled:
         skip = pc.or_(skip, pc.less(table["label"], 0))
     in_parquet = parquet_rows(table["path"])
@@ -54,7 +54,7 @@ def read_images(config: Config, inventory: Inventory, defer_jpeg: bool = False) 
     if rows.num_rows:
         parts.append(_read_parquet_rows(rows, fs, config.image_column, limits))
     if skipped.num_rows:
-        listed = ray.data.from_arrow(skipped.select(["sample_id", "label", "nbytes"]))
+        listed = ray.data.from_arrow(skipped.select(["sample_id", "label", "nbytes", "reason"]))
         parts.append(listed.map_batches(_reject_listed, **_map_options(limits)))
     if not parts:
         return ray.data.from_arrow(to_rows([], [], [], config.image_size, defer_jpeg))
@@ -175,10 +175,10 @@ def _read_file(filesystem: pafs.FileSystem, policy: storage.RetryPolicy, path: s
 
 
 def _reject_listed(batch: dict[str, np.ndarray], limits: dict[str, int]) -> pa.Table:
-    """Rejections decided from the listing alone: over the byte limit, or unlabeled."""
+    """Rejections decided from the listing alone: not a regular file (never opened), over the byte limit, or unlabeled."""
     results = [
-        Decoded.rejected(too_large(n, limits["max_bytes"]) if n > limits["max_bytes"] else UNLABELED)
-        for n in batch["nbytes"]
+        Decoded.rejected(listed or (too_large(n, limits["max_bytes"]) if n > limits["max_bytes"] else UNLABELED))
+        for n, listed in zip(batch["nbytes"], batch["reason"])
     ]
     return to_rows(batch["sample_id"], batch["label"], results, limits["size"], limits["defer_jpeg"])
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from adq_ray import storage
+from adq_ray.errors import WeightsError
+
+if TYPE_CHECKING:
+    from adq_ray.config import Config
 
 RANDOM = "random"
 HUB = "hub"
@@ -25,15 +30,37 @@ def load_state_dict(uri: str) -> dict[str, torch.Tensor]:
         blob = storage.open_binary(uri)
     except (FileNotFoundError, OSError) as err:
         raise FileNotFoundError(f"cannot read weights from {uri!r}: {err}") from err
-    checkpoint: Any = torch.load(blob, map_location="cpu", weights_only=True)
+    try:
+        checkpoint: Any = torch.load(blob, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError (code in the pickle), RuntimeError/EOFError (not a checkpoint)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsError(
+            f"weights {uri!r} are not a plain checkpoint of tensors (refused by torch.load(weights_only=True): "
+            f"{first}); save the model with torch.save(model.state_dict(), path)"
+        ) from err
     while isinstance(checkpoint, dict):
         inner = next((checkpoint[k] for k in _WRAPPER_KEYS if isinstance(checkpoint.get(k), dict)), None)
         if inner is None:
             break
         checkpoint = inner
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        raise ValueError(f"{uri!r} does not hold a state dict of tensors")
+        raise WeightsError(f"{uri!r} does not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in checkpoint.items()}
+
+
+def check_weights(config: Config, extra: Iterable[str] = ()) -> None:
+    """Load every weights file a run names (not `hub` or `random`) once on the driver, before any actor starts.
+
+    A missing, unreadable or malicious file then fails in seconds, not after the listing and the first
+    actors; `hub` weights are not downloaded here (the actors fetch them), but must be cached or reachable.
+    """
+    names = ("backbone_weights", "cam_weights") + (("contrastive_weights",) if config.contrastive else ())
+    for uri in {*(getattr(config, n) for n in names), *extra}:
+        if uri and uri not in (HUB, RANDOM):
+            load_state_dict(uri)
+    from adq_ray.models.hub import check_hub  # `hub` weights: cached, or their host reachable (seconds)
+
+    check_hub(config)
 
 
 def apply_weights(model: nn.Module, uri: str, strict: bool = True) -> nn.Module:

@@ -65,9 +65,12 @@ def _kept_per_class(manifest: pa.Table) -> dict[str, int]:
     return class_count_summary(labels, torch.from_numpy(status[valid] == KEPT))
 
 
-def report(config: Config, eval_rows: list[dict] | None = None) -> str:
-    """(Re)write `<output>/report/` from a run's committed outputs: a sample grid per bin, patch overlays."""
-    layout = Layout(config)
+def report(config: Config, eval_rows: list[dict] | None = None, layout: Layout | None = None) -> str:
+    """(Re)write `<output>/report/` from a run's committed outputs: a sample grid per bin, patch overlays.
+
+    `layout`: the run's (keyed by the listing it read); by default the input is listed again to find the stages.
+    """
+    layout = layout or Layout(config)
     manifest = read_parquet(layout.manifest)
     kept = manifest.filter(pc.equal(manifest["status"], KEPT))
     shown = {

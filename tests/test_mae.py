@@ -13,11 +13,10 @@ import torch
 
 from adq_ray import storage
 from adq_ray.config import Config
-from adq_ray.models import normalize
 from adq_ray.models.mae import load_mae, mae_vit_base_patch16, mae_vit_tiny_patch8, sincos_pos_embed
 from adq_ray.patches.dropper import PatchDropper
 from adq_ray.patches.grid import expand_mask, keep_mask
-from adq_ray.patches.reconstruct import CompressedImages, decode_rows, read_reconstructed, reconstruct
+from adq_ray.patches.reconstruct import CompressedImages, read_reconstructed, reconstruct
 
 torch.set_num_threads(1)
 
@@ -165,6 +164,13 @@ def test_norm_pix_predictions_use_visible_patch_statistics(tiny_mae) -> None:
 
 
 def test_reconstruct_pastes_only_dropped_patches(tiny_mae) -> None:
+    """Kept patches are the input's pixels; dropped ones equal a float64 reference built here: the per-image
+    loop forward (`reference_forward`), the official 'pqc' tile layout placed patch by patch, own
+    (un)normalisation, clamp and round; within one level (float32 against float64).
+
+    Planted bugs caught: the tile layout transposed in predict_pixels ('qpc'), the un-normalisation left
+    out of reconstruct, and the keep mask inverted in the paste.
+    """
     g = torch.Generator().manual_seed(2)
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=g)
     keep = random_keep(3, 12, seed=2)
@@ -172,14 +178,27 @@ def test_reconstruct_pastes_only_dropped_patches(tiny_mae) -> None:
     pixels = expand_mask(keep, 8).expand_as(images)
     assert out.dtype == torch.uint8
     assert torch.equal(out[pixels], images[pixels])
-    with torch.no_grad():
-        pred = tiny_mae.predict_pixels(normalize(images), keep).double()
+    expected = reference_reconstruction(tiny_mae, images, keep)
+    assert (out[~pixels].double() - expected[~pixels]).abs().max() <= 1
+    with pytest.raises(ValueError, match="the MAE takes 32 px images in 8 px patches, got 16 px, 4 patches"):
+        reconstruct(tiny_mae, images[:, :, :16, :16], keep[:, :4])
+
+
+def reference_reconstruction(mae, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 32, 32) float64 pixel values the MAE predicts for every patch (8 px tiles, 4 x 4 grid)."""
+    twin = mae_vit_tiny_patch8().double().eval()
+    twin.load_state_dict(mae.state_dict())
     mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)
-    expected = ((pred * std + mean).clamp(0, 1) * 255).round()
-    assert (out[~pixels].double() - expected[~pixels]).abs().max() <= 1  # float32 vs float64 rounding
-    with pytest.raises(ValueError, match="32 px"):
-        reconstruct(tiny_mae, images[:, :, :16, :16], keep[:, :4])
+    with torch.no_grad():
+        pred = reference_forward(twin, (images.double() / 255 - mean) / std, keep)  # (B, 16, 8 * 8 * 3)
+    out = torch.zeros(images.shape, dtype=torch.float64)
+    for b in range(len(images)):
+        for i in range(16):
+            r, c = divmod(i, 4)
+            tile = pred[b, i].reshape(8, 8, 3).permute(2, 0, 1)  # official layout: rows p, columns q, channel c
+            out[b, :, r * 8 : r * 8 + 8, c * 8 : c * 8 + 8] = tile
+    return ((out * std + mean).clamp(0, 1) * 255).round()
 
 
 def small_dataset(n: int = 12) -> dict[str, np.ndarray]:
@@ -233,6 +252,12 @@ def test_load_from_s3_and_read_dataset_from_s3(s3_server, tiny_mae) -> None:
 
 
 def test_ray_dropper_then_reconstructed_reader(ray_session, tmp_path, tiny_mae) -> None:
+    """PatchDropper on Ray, then the Ray reader: kept pixels are the source's, dropped ones the float64
+    reference's (not only equal to the torch Dataset, which shares the reader's code).
+
+    Planted bugs caught: the reader filling with the patch mean instead of the MAE, and the reader loading
+    random MAE weights instead of `mae_weights`.
+    """
     ray = ray_session
     torch.save({"model": tiny_mae.state_dict()}, tmp_path / "tiny.pth")
     data = small_dataset(12)
@@ -260,11 +285,15 @@ def test_ray_dropper_then_reconstructed_reader(ray_session, tmp_path, tiny_mae) 
         i = int(row["sample_id"]) - 100
         image = torch.from_numpy(np.array(row["image"])).permute(2, 0, 1)
         assert image.dtype == torch.uint8 and row["label"] == data["label"][i]
-        assert torch.equal(image, by_id[int(row["sample_id"])][0])  # same pixels as the torch Dataset
         sub = written.filter(pc.equal(written["sample_id"], row["sample_id"]))
-        _, keep = decode_rows(sub)
+        keep = keep_mask(torch.tensor(sub["kept_idx"][0].as_py())[None], 16)
         pixels = expand_mask(keep, 8)[0].expand(3, 32, 32)
-        assert torch.equal(image[pixels], torch.from_numpy(data["image"][i]).permute(2, 0, 1)[pixels])
+        source = torch.from_numpy(data["image"][i]).permute(2, 0, 1)
+        assert torch.equal(image[pixels], source[pixels])
+        # The dropped patches: the float64 reference from the source image and the stored keep mask.
+        expected = reference_reconstruction(tiny_mae, source[None], keep)[0]
+        assert (image[~pixels].double() - expected[~pixels]).abs().max() <= 1
+        assert torch.equal(image, by_id[int(row["sample_id"])][0])  # same pixels as the torch Dataset
 
     filled, _ = CompressedImages(str(dataset_dir), fill="mean")[0]
     assert filled.shape == (3, 32, 32) and not torch.equal(filled, by_id[int(local.table["sample_id"][0].as_py())][0])

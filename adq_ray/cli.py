@@ -122,10 +122,36 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default="resnet18_cifar", help="classifier architecture (default: resnet18_cifar)")
     e.add_argument("--train-batch-size", type=int, default=128, help="global training batch (default: 128)")
     e.add_argument("--workers", type=int, default=1, help="Ray Train workers per classifier (default: 1)")
+    e.add_argument("--seeds", type=int, default=1, help="classifiers per arm, seeded 0..N-1 (default: 1)")
+    e.add_argument(
+        "--dq-cell",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also train DQ's literal per-cell sampler (its own, drifting, image count; default: on)",
+    )
     e.add_argument(
         "--mae", default="", help="MAE arch:weights (e.g. mae_vit_large_patch16:s3://b/mae.pth); empty = mean fill"
     )
     _field_flags(e)
+    m = sub.add_parser("train-mae", help="pretrain an MAE on the training images (Ray Train) for reconstruction")
+    m.add_argument("--config", help="YAML file of config fields (input, output, patch_image_size, patch_size, ...)")
+    m.add_argument("--size", default="tiny", choices=("tiny", "small", "base"), help="MAE size (default: tiny)")
+    m.add_argument("--epochs", type=int, default=20, help="MAE training epochs (default: 20)")
+    m.add_argument("--mae-batch-size", type=int, default=128, help="global batch (default: 128)")
+    m.add_argument("--base-lr", type=float, default=1.5e-4, help="lr = base_lr x batch / 256 (default: 1.5e-4)")
+    m.add_argument("--warmup-epochs", type=float, default=2.0, help="linear lr warm-up epochs (default: 2.0)")
+    m.add_argument("--train-mask-ratio", type=float, default=0.75, help="random masking while training (0.75)")
+    m.add_argument(
+        "--norm-pix-loss",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="loss on per-patch normalised pixels, as the official MAE (default: on)",
+    )
+    m.add_argument("--checkpoint", default="", help="where to save it (default: <output>/mae/checkpoint.pth)")
+    m.add_argument(
+        "--workers", type=int, default=1, help="Ray Train workers, one GPU each on a GPU cluster (default: 1)"
+    )
+    _field_flags(m)
     d = sub.add_parser(
         "demo-data", help="extract the embedded default dataset (a CIFAR-10 subset shipped with adq-ray)"
     )
@@ -156,18 +182,31 @@ def main(argv: list[str] | None = None) -> int:
         config = build_config(args)
         quiet_ray_data()
         if args.command == "evaluate":
-            from adq_ray.evaluate.arms import evaluate_command
+            from adq_ray.evaluate.arms import evaluate
+            from adq_ray.evaluate.train import Recipe
             from adq_ray.models.weights import check_weights
 
             check_weights(config, extra=[args.mae.partition(":")[2]] if args.mae else [])
-            result = evaluate_command(config, args)
+            recipe = Recipe(model=args.model, epochs=args.epochs, batch_size=args.train_batch_size)
+            result = evaluate(
+                config, args.test, recipe, mae=args.mae, workers=args.workers, seeds=args.seeds, dq_cell=args.dq_cell
+            )
+        elif args.command == "train-mae":
+            from adq_ray.evaluate.mae_train import MaeRecipe, train_mae
+
+            recipe = MaeRecipe(
+                size=args.size, epochs=args.epochs, batch_size=args.mae_batch_size, base_lr=args.base_lr,
+                warmup_epochs=args.warmup_epochs, mask_ratio=args.train_mask_ratio,
+                norm_pix_loss=args.norm_pix_loss, seed=config.seed,
+            )  # fmt: skip
+            result = train_mae(config, recipe, args.checkpoint, num_workers=args.workers)
         else:
             from adq_ray.pipeline import compress, resample
 
             if args.command == "compress":
-                result = compress(config, until=args.until, overwrite=args.overwrite)
+                result = compress(config, until=args.until, overwrite=getattr(args, "overwrite", False))
             else:
-                result = resample(config, overwrite=args.overwrite)
+                result = resample(config, overwrite=getattr(args, "overwrite", False))
     except Exception as err:  # the one error boundary: user errors are one line (exit 2), the rest a traceback
         if not is_user_error(err):
             raise

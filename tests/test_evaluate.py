@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+import statistics
 
 import numpy as np
 import pytest
@@ -15,14 +17,18 @@ from adq_ray import storage
 from adq_ray.config import ConfigError
 from adq_ray.evaluate import (
     Recipe,
+    accuracy_png,
     create_classifier,
     evaluate_arms,
+    fit,
     plot_accuracy,
     random_crop_flip,
     to_images,
     train_and_test,
     write_table,
 )
+from adq_ray.evaluate.compare import evaluation_table, summarize
+from adq_ray.evaluate.loop import best_epoch
 from adq_ray.ingest.cifar import extract_cifar_subset
 
 TINY = Recipe(model="cifar_resnet20", epochs=1, batch_size=32, lr=0.05)
@@ -111,7 +117,13 @@ def test_recipe_defaults_follow_the_spec_and_reject_bad_values():
 
 
 def test_train_and_test_on_cifar_slice_with_two_workers(ray_session, tmp_path):
-    """Two DDP workers at half a CPU each: the train split and the summed metrics must cover every image."""
+    """Two DDP workers at half a CPU each: the train split and the summed metrics must cover every image.
+
+    final_acc is the last epoch's and best_acc the best epoch's test accuracy, every accuracy a whole number
+    of images over the 100 test / 200 train images, the lr DQ's cosine stepped once per epoch.
+    Planted bugs caught: the scheduler stepped per batch (lr 0.025 expected in epoch 2), and train
+    counts not summed over the workers (n_train 100, train_acc in 1/100ths).
+    """
     train = ray_session.data.from_items(as_items(cifar_slice(tmp_path, "train", 20)))
     test = ray_session.data.from_items(as_items(cifar_slice(tmp_path, "test", 10)))
     recipe = TINY.replace(epochs=2)
@@ -120,9 +132,15 @@ def test_train_and_test_on_cifar_slice_with_two_workers(ray_session, tmp_path):
     )
     assert set(result) >= {"final_acc", "best_acc", "best_epoch", "history", "wall_s", "n_train", "n_test"}
     assert (result["n_train"], result["n_test"], result["epochs"]) == (200, 100, 2)
-    assert 0.0 <= result["final_acc"] <= result["best_acc"] <= 1.0
-    assert [h["epoch"] for h in result["history"]] == [1, 2]
-    assert result["history"][0]["lr"] == pytest.approx(0.05) and result["history"][1]["lr"] < 0.05
+    history = result["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert result["final_acc"] == history[-1]["test_acc"]
+    assert result["best_acc"] == max(h["test_acc"] for h in history) == history[result["best_epoch"] - 1]["test_acc"]
+    for h in history:  # correct predictions are counted, then summed over both workers: whole images
+        assert (h["n_train"], h["n_test"]) == (200, 100)
+        assert h["test_acc"] * 100 == pytest.approx(round(h["test_acc"] * 100), abs=1e-9)
+        assert h["train_acc"] * 200 == pytest.approx(round(h["train_acc"] * 200), abs=1e-9)
+    assert [h["lr"] for h in history] == pytest.approx([0.05, 0.05 * (1 + math.cos(math.pi / 2)) / 2])
     assert all(np.isfinite(h["train_loss"]) for h in result["history"])
     assert result["wall_s"] > 0
 
@@ -183,3 +201,32 @@ def test_write_table_and_plot_accuracy_on_s3(s3_server):
     plot_accuracy(ROWS, f"{bucket}/run1/accuracy.png")
     image = Image.open(io.BytesIO(storage.read_bytes(f"{bucket}/run1/accuracy.png")))
     assert image.format == "PNG" and image.size[0] > 300
+
+
+def test_fit_in_memory_learns_and_is_seeded():
+    """`fit` (no Ray): two colour classes learnt; the same seed gives the same history, tests every 2nd epoch."""
+    data, test = two_colours(64, 32, seed=0), two_colours(32, 32, seed=1)
+    as_tensors = lambda d: (torch.from_numpy(d["image"]).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(d["label"]))  # noqa: E731
+    recipe = TINY.replace(num_classes=2, epochs=3, batch_size=16, test_every=2)
+    first = fit(*as_tensors(data), *as_tensors(test), recipe)
+    assert [h["test_acc"] is None for h in first] == [True, False, False]  # epochs 2 and 3 (the last) tested
+    assert first[-1]["test_acc"] > 0.9 and first[0]["n_train"] == 64 and first[0]["n_test"] == 32
+    again = fit(*as_tensors(data), *as_tensors(test), recipe)
+    assert [h["train_loss"] for h in again] == pytest.approx([h["train_loss"] for h in first], rel=1e-4)
+    assert best_epoch(first)["epoch"] in (2, 3)
+
+
+def test_summarize_gives_mean_and_std_over_seeds():
+    rows = [
+        {"arm": "adq", "n_train": 10, "sample_ratio": 0.1, "final_acc": 0.5, "best_acc": 0.6, "seed": 0},
+        {"arm": "random", "n_train": 10, "sample_ratio": 0.1, "final_acc": 0.4, "best_acc": 0.4, "seed": 0},
+        {"arm": "adq", "n_train": 10, "sample_ratio": 0.1, "final_acc": 0.7, "best_acc": 0.8, "seed": 1},
+    ]
+    adq, rnd = summarize(rows)
+    assert (adq["arm"], adq["seeds"], rnd["seeds"]) == ("adq", 2, 1)
+    assert adq["final_acc"] == pytest.approx(0.6) and adq["final_std"] == pytest.approx(0.1 * 2**0.5)
+    assert adq["best_std"] == pytest.approx(statistics.stdev([0.6, 0.8])) and rnd["final_std"] == 0.0
+    table = evaluation_table(rows)
+    assert table[0]["final acc %"] == "60.00 +- 14.14" and table[1]["final acc %"] == "40.00"
+    png = accuracy_png(rows)  # one sample ratio: bars per arm
+    assert Image.open(io.BytesIO(png)).format == "PNG"

@@ -1,14 +1,13 @@
-"""`adq evaluate`: full data vs random vs DQ vs ADQ at the same sample and patch keep ratios.
+"""`adq evaluate`: full data vs random vs DQ vs ADQ at the same number of kept images and patch keep ratio.
 
 Every compressed arm is a pipeline run into `<output>/<arm>` sharing one stage cache, so the images are
-embedded and binned once; the arms differ only in their sampler. Training reads the compressed arms
+embedded and binned once; the arms differ only in their sampler (`ARMS`). Training reads the compressed arms
 back through `read_reconstructed` (MAE, or mean fill without MAE weights) and the full arm decoded
 from the sources.
 """
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import ray
@@ -23,7 +22,17 @@ from adq_ray.patches.reconstruct import read_reconstructed
 from adq_ray.pipeline import compress
 from adq_ray.write.summary import report
 
-SAMPLERS = ("random", "dq", "adq")
+# Arm name -> (sampler, alpha; None = the config's). "random", "dq" and "adq" keep the same number of
+# images B = floor(rho |D| + 0.5): the DQ arm is DQ's bins with proportional quotas from one exact global
+# budget (ADQ at alpha 0). "dq-cell" is DQ's literal per-(bin, class) rounding, whose count drifts from
+# B when cells are small: it is trained and reported apart, with its achieved sample ratio.
+ARMS: dict[str, tuple[str, float | None]] = {
+    "random": ("random", None),
+    "dq": ("adq", 0.0),
+    "adq": ("adq", None),
+    "dq-cell": ("dq", None),
+}
+EQUAL_BUDGET = ("random", "dq", "adq")
 
 
 def decoded(config: Config, inventory: Inventory) -> ray.data.Dataset:
@@ -32,40 +41,68 @@ def decoded(config: Config, inventory: Inventory) -> ray.data.Dataset:
     return ds.filter(expr="status == 'ok'").select_columns(["image", "label"])
 
 
-def arm(config: Config, sampler: str) -> Config:
-    """The config of one compressed arm: `<output>/<sampler>`, sharing the stage cache of `config`."""
-    return config.replace(sampler=sampler, output=storage.join(config.output, sampler), cache=config.cache_uri)
+def arm(config: Config, name: str) -> Config:
+    """The config of one compressed arm (`ARMS`): `<output>/<name>`, sharing the stage cache of `config`."""
+    sampler, alpha = ARMS[name]
+    changes: dict[str, Any] = {"sampler": sampler, "output": storage.join(config.output, name)}
+    if alpha is not None:
+        changes["alpha"] = alpha
+    return config.replace(cache=config.cache_uri, **changes)
 
 
-def evaluate_command(config: Config, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Compress with each sampler, train one classifier per arm (plus full data), write table, plot, report."""
-    summaries = {sampler: compress(arm(config, sampler)) for sampler in SAMPLERS}
-    mae, _, weights = args.mae.partition(":")
+def evaluate(
+    config: Config,
+    test: str,
+    recipe: Recipe = Recipe(),
+    *,
+    mae: str = "",
+    workers: int = 1,
+    seeds: int = 1,
+    dq_cell: bool = True,
+) -> list[dict[str, Any]]:
+    """Compress with each arm's sampler, train `seeds` classifiers per arm (plus full data), write table, plot, report.
+
+    test: ImageFolder of the test split; mae: "arch:weights" for MAE reconstruction ("" = mean fill);
+    recipe.num_classes is set from the input. The random, DQ and ADQ arms are checked to train on the
+    same number of images. One row per (arm, seed), with `seed`, `method` and the arm's ratios.
+    """
+    names = [*EQUAL_BUDGET, *(["dq-cell"] if dq_cell else [])]
+    summaries = {name: compress(arm(config, name)) for name in names}
+    mae_arch, _, weights = mae.partition(":")
     inventory = Layout(config).load_inventory()  # listed once, by the arms' shared embed stage
     arms = {"full": decoded(config, inventory)}
     meta: dict[str, dict[str, Any]] = {"full": {"sample_ratio": None, "storage_ratio": 1.0, "method": "full"}}
-    for sampler, summary in summaries.items():
-        arms[sampler] = read_reconstructed(
-            Layout(arm(config, sampler)).dataset,
-            mae=mae or None,
+    for name, summary in summaries.items():
+        arms[name] = read_reconstructed(
+            Layout(arm(config, name)).dataset,
+            mae=mae_arch or None,
             mae_weights=weights or "hub",
             device=config.device,
-            num_gpus=resources.restore_gpus(config, bool(mae)),
+            num_gpus=resources.restore_gpus(config, bool(mae_arch)),
         )
-        meta[sampler] = {
-            "method": sampler,
-            **{k: summary[k] for k in ("sample_ratio", "data_keep_ratio", "storage_ratio")},
+        meta[name] = {
+            "method": name,
+            **{k: summary[k] for k in ("sample_ratio", "data_keep_ratio", "storage_ratio") if k in summary},
         }
-    test_config = config.replace(input=args.test)
-    test = decoded(test_config, list_inputs(test_config))
-    recipe = Recipe(
-        model=args.model, epochs=args.epochs, batch_size=args.train_batch_size, num_classes=len(inventory.classes)
-    )
+    test_config = config.replace(input=test)
+    test_ds = decoded(test_config, list_inputs(test_config))
+    recipe = recipe.replace(num_classes=len(inventory.classes))
     runs = storage.join(config.output, "train")  # Ray Train wants an absolute local path or a URL
-    rows = evaluate_arms(
-        arms, test, recipe, metadata=meta, num_workers=max(1, args.workers), **resources.train_workers(config),
-        storage_path=runs if storage.is_remote(runs) else storage.resolve(runs)[1],
-    )  # fmt: skip
+    rows = []
+    for seed in range(seeds):
+        rows += evaluate_arms(
+            arms, test_ds, recipe.replace(seed=seed), metadata={k: {**v, "seed": seed} for k, v in meta.items()},
+            num_workers=max(1, workers), storage_path=runs if storage.is_remote(runs) else storage.resolve(runs)[1],
+            **resources.train_workers(config),
+        )  # fmt: skip
+    check_equal_budgets(rows)
     write_table(rows, storage.join(config.output, "evaluation"))
     report(arm(config, "adq"), eval_rows=rows)
     return rows
+
+
+def check_equal_budgets(rows: list[dict[str, Any]]) -> None:
+    """The random, DQ and ADQ arms must have trained on the same number of images (spec section 4's budget)."""
+    counts = {row["arm"]: row["n_train"] for row in rows if row["arm"] in EQUAL_BUDGET}
+    if len(set(counts.values())) > 1:
+        raise RuntimeError(f"the arms trained on different numbers of images {counts}: the comparison is not fair")

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+import statistics
 import uuid
 from collections import defaultdict
 from typing import Any
@@ -68,28 +69,65 @@ def write_table(rows: list[dict[str, Any]], uri: str) -> list[str]:
     return [csv_uri, json_uri]
 
 
-def accuracy_png(rows: list[dict[str, Any]]) -> bytes:
-    """PNG of final (solid) and best (dashed) test accuracy against the sample ratio.
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per arm over its seeds: the arm's metadata, `seeds`, and mean and std of final/best accuracy.
 
-    Rows sharing a `method` form one line; rows without a sample_ratio (a reference such as the
-    full dataset) are drawn as horizontal lines.
+    Rows keep their first-seen order; `final_std` / `best_std` are sample standard deviations (0 for one seed).
     """
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[str(row["arm"])].append(row)
+    out = []
+    for arm, members in groups.items():
+        first = members[0]
+        summary = {k: v for k, v in first.items() if k not in ("final_acc", "best_acc", "best_epoch", "wall_s", "seed")}
+        for key in ("final_acc", "best_acc"):
+            values = [float(r[key]) for r in members]
+            summary[key] = statistics.fmean(values)
+            summary[key.replace("_acc", "_std")] = statistics.stdev(values) if len(values) > 1 else 0.0
+        summary["seeds"] = len(members)
+        out.append({"arm": arm, **summary})
+    return out
+
+
+def accuracy_png(rows: list[dict[str, Any]]) -> bytes:
+    """PNG of test accuracy per arm, mean +- std over seeds (`summarize`).
+
+    Arms at one sample ratio (`adq evaluate`): bars of the final accuracy with the best epoch's as a
+    marker. Arms at several ratios (a benchmark): one line per `method` against the sample ratio, final
+    solid and best dashed; rows without a sample_ratio (the full dataset) are horizontal lines.
+    """
+    rows = summarize(rows)
     figure = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = figure.add_subplot()
-    series: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        series[str(row.get("method", row["arm"]))].append(row)
-    for i, (label, members) in enumerate(series.items()):
-        color = f"C{i % 10}"
-        points = sorted((r for r in members if r.get("sample_ratio") is not None), key=lambda r: r["sample_ratio"])
-        for r in members:
-            if r.get("sample_ratio") is None:
-                ax.axhline(100 * r["final_acc"], color=color, linestyle=":", label=f"{r['arm']} (final)")
-        if points:
-            x = [100 * r["sample_ratio"] for r in points]
-            ax.plot(x, [100 * r["final_acc"] for r in points], "o-", color=color, label=f"{label} (final)")
-            ax.plot(x, [100 * r["best_acc"] for r in points], "x--", color=color, alpha=0.6, label=f"{label} (best)")
-    ax.set_xlabel("sample ratio (% of training images kept)")
+    ratios = {r["sample_ratio"] for r in rows if r.get("sample_ratio") is not None}
+    if len(ratios) <= 1:
+        x = range(len(rows))
+        final = [100 * r["final_acc"] for r in rows]
+        ax.bar(x, final, yerr=[100 * r["final_std"] for r in rows], color=[f"C{i % 10}" for i in x], capsize=4)
+        ax.plot(x, [100 * r["best_acc"] for r in rows], "k_", markersize=18, label="best epoch")
+        ax.set_xticks(list(x), [f"{r['arm']}\n{r.get('n_train', '')}" for r in rows], fontsize="small")
+        ax.set_xlabel("arm (training images)")
+        low = min(final) if final else 0
+        ax.set_ylim(max(0.0, low - 15), None)
+    else:
+        series: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in rows:
+            series[str(row.get("method", row["arm"]))].append(row)
+        for i, (label, members) in enumerate(series.items()):
+            color = f"C{i % 10}"
+            points = sorted((r for r in members if r.get("sample_ratio") is not None), key=lambda r: r["sample_ratio"])
+            for r in members:
+                if r.get("sample_ratio") is None:
+                    ax.axhline(100 * r["final_acc"], color=color, linestyle=":", label=f"{r['arm']} (final)")
+            if points:
+                px = [100 * r["sample_ratio"] for r in points]
+                ax.errorbar(px, [100 * r["final_acc"] for r in points], yerr=[100 * r["final_std"] for r in points],
+                            fmt="o-", color=color, capsize=3, label=f"{label} (final)")  # fmt: skip
+                ax.plot(
+                    px, [100 * r["best_acc"] for r in points], "x--", color=color, alpha=0.6, label=f"{label} (best)"
+                )
+        ax.set_xlabel("sample ratio (% of training images kept)")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(True, alpha=0.3)
     if rows:
@@ -109,3 +147,28 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
     extra = dict.fromkeys(key for row in rows for key in row if key not in COLUMNS)
     present = {key for row in rows for key in row}
     return [key for key in COLUMNS if key in present] + list(extra)
+
+
+def evaluation_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Display rows for the report: per arm, its images and ratios, and accuracy in % as mean +- std over seeds."""
+
+    def pct(mean: float, std: float, seeds: int) -> str:
+        return f"{100 * mean:.2f} +- {100 * std:.2f}" if seeds > 1 else f"{100 * mean:.2f}"
+
+    def ratio(value: Any) -> str:
+        return "" if value is None else f"{value:.4g}"
+
+    return [
+        {
+            "arm": r["arm"],
+            "train images": r.get("n_train", ""),
+            "sample ratio": ratio(r.get("sample_ratio")),
+            "data keep ratio": ratio(r.get("data_keep_ratio")),
+            "storage ratio": ratio(r.get("storage_ratio")),
+            "final acc %": pct(r["final_acc"], r["final_std"], r["seeds"]),
+            "best acc %": pct(r["best_acc"], r["best_std"], r["seeds"]),
+            "seeds": r["seeds"],
+            "epochs": r.get("epochs", ""),
+        }
+        for r in summarize(rows)
+    ]

@@ -15,6 +15,7 @@ brightness and contrast of the visible ones).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from functools import partial
@@ -212,7 +213,19 @@ def load_mae(name: str, weights: str = HUB, norm_pix_loss: bool | None = None, *
     weights: "hub" (the named checkpoint, or the architecture's `DEFAULT_CHECKPOINT`, downloaded
     once into torch's hub cache), "random", or a checkpoint path / s3:// URL (the official
     {"model": state_dict} layout or a bare state dict), loaded strictly. norm_pix_loss: how the
-    weights were trained; None means the hub table's value, else False (visualize checkpoints).
+    weights were trained; None means the hub table's value, or the `args` an `adq train-mae` checkpoint
+    carries (which also give the image and patch size of the `mae_vit_<size>` archs), else False.
+
+    Args:
+        name: a checkpoint name (`CHECKPOINTS`) or an architecture (`ARCHS`).
+        weights: "hub" (downloads), "random", a path or an s3:// URL.
+        norm_pix_loss: see above; **kwargs go to the architecture.
+
+    Returns:
+        The MAE, in eval mode, on the CPU.
+
+    Example:
+        >>> mae = load_mae("mae_vit_large_patch16", "s3://bucket/weights/mae_visualize_vit_large.pth")  # doctest: +SKIP
     """
     hub_name = name if name in CHECKPOINTS else DEFAULT_CHECKPOINT.get(name)
     arch = CHECKPOINTS[name][0] if name in CHECKPOINTS else name
@@ -220,8 +233,11 @@ def load_mae(name: str, weights: str = HUB, norm_pix_loss: bool | None = None, *
         raise ValueError(f"unknown MAE {name!r}; architectures: {sorted(ARCHS)}, checkpoints: {sorted(CHECKPOINTS)}")
     if weights == HUB and hub_name is None:
         raise ValueError(f"no hub checkpoint for {name!r}: pass a path, an s3:// URL or 'random' as weights")
+    saved = checkpoint_args(weights) if weights not in (HUB, RANDOM) else {}
     if norm_pix_loss is None:
-        norm_pix_loss = weights == HUB and CHECKPOINTS[hub_name][2]
+        norm_pix_loss = bool(saved.get("norm_pix_loss", weights == HUB and CHECKPOINTS[hub_name][2]))
+    if arch.removeprefix("mae_vit_") in MAE_SIZES:  # sized archs: the checkpoint says its image and patch size
+        kwargs = {k: saved[k] for k in ("img_size", "patch_size") if k in saved} | kwargs
     model = ARCHS[arch](norm_pix_loss=norm_pix_loss, **kwargs)
     if weights != RANDOM:
         uri = _download(CHECKPOINTS[hub_name][1]) if weights == HUB else weights
@@ -244,3 +260,104 @@ def _download(url: str) -> str:
         except Exception as err:  # offline cluster: say what to do instead
             raise RuntimeError(f"could not download {url} ({err}); pass a local path or s3:// URL as weights") from err
     return path
+
+
+# Sizes for `adq train-mae`: (embed_dim, depth, num_heads, decoder_embed_dim, decoder_depth, decoder_num_heads).
+# "base" is the official ViT-B MAE; "small" and "tiny" follow the ViT-S / ViT-Ti widths with lighter decoders.
+MAE_SIZES: dict[str, tuple[int, int, int, int, int, int]] = {
+    "tiny": (192, 6, 3, 128, 2, 4),
+    "small": (384, 12, 6, 256, 4, 8),
+    "base": (768, 12, 12, 512, 8, 16),
+}
+
+
+def _sized(size: str) -> Callable[..., MaskedAutoencoderViT]:
+    embed, depth, heads, dec_embed, dec_depth, dec_heads = MAE_SIZES[size]
+
+    def create(patch_size: int = 16, **kwargs) -> MaskedAutoencoderViT:
+        return MaskedAutoencoderViT(
+            patch_size=patch_size,
+            embed_dim=embed,
+            depth=depth,
+            num_heads=heads,
+            decoder_embed_dim=dec_embed,
+            decoder_depth=dec_depth,
+            decoder_num_heads=dec_heads,
+            **kwargs,
+        )
+
+    create.__name__ = f"mae_vit_{size}"
+    create.__doc__ = f"ViT-{size} MAE at any image and patch size (kwargs img_size, patch_size), for `adq train-mae`."
+    return create
+
+
+ARCHS.update({f"mae_vit_{size}": _sized(size) for size in MAE_SIZES})
+
+
+def random_keep(
+    batch: int, num_patches: int, mask_ratio: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Boolean keep masks (batch, L): each row keeps the same int(L (1 - mask_ratio)) patches, uniformly at
+    random (MAE's per-sample random masking; noise from the CPU `generator`)."""
+    kept = int(num_patches * (1 - mask_ratio))
+    if not 0 < kept <= num_patches:
+        raise ValueError(f"mask_ratio {mask_ratio} keeps {kept} of {num_patches} patches; it must keep at least one")
+    order = torch.rand(batch, num_patches, generator=generator).argsort(dim=1)
+    keep = torch.zeros(batch, num_patches, dtype=torch.bool)
+    return keep.scatter_(1, order[:, :kept], True)
+
+
+def patch_targets(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, L, p*p*C) in the official 'nhwpqc' layout (MAE's `patchify`)."""
+    b, c, h, w = imgs.shape
+    p = patch_size
+    return imgs.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, -1, p * p * c)
+
+
+def mae_loss(model: MaskedAutoencoderViT, imgs: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The official objective for normalised imgs (B, C, H, W) and keep masks (B, L): `reconstruction_loss`."""
+    return reconstruction_loss(model(imgs, keep), imgs, keep, model.patch_size, model.norm_pix_loss)
+
+
+def reconstruction_loss(
+    pred: torch.Tensor, imgs: torch.Tensor, keep: torch.Tensor, patch_size: int, norm_pix_loss: bool
+) -> torch.Tensor:
+    """Mean squared error of predictions (B, L, p*p*C) over the dropped patches only, against per-patch
+    standardised pixels when `norm_pix_loss` (MAE's `forward_loss`)."""
+    target = patch_targets(imgs, patch_size)
+    if norm_pix_loss:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6) ** 0.5
+    per_patch = (pred.float() - target).pow(2).mean(dim=-1)
+    dropped = (~keep).to(per_patch.dtype)
+    return (per_patch * dropped).sum() / dropped.sum()
+
+
+def warmup_cosine(step: float, total: float, warmup: float) -> float:
+    """The official schedule's factor on the base lr: linear warmup, then a half-cycle cosine to zero."""
+    if step < warmup:
+        return step / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1e-12)))
+
+
+def masked_psnr(images: torch.Tensor, reference: torch.Tensor, keep: torch.Tensor) -> float:
+    """PSNR (dB, peak 255) of uint8 `images` against uint8 `reference` (B, C, S, S) over the dropped patches."""
+    grid = int(round(keep.shape[1] ** 0.5))
+    pixels = (~keep).reshape(-1, grid, grid)
+    p = images.shape[-1] // grid
+    pixels = pixels.repeat_interleave(p, 1).repeat_interleave(p, 2).unsqueeze(1).expand_as(images)
+    error = (images.double() - reference.double())[pixels].pow(2).mean()
+    return float(10 * torch.log10(255.0**2 / error.clamp_min(1e-12)))
+
+
+def checkpoint_args(uri: str) -> dict:
+    """The `args` dict an `adq train-mae` checkpoint carries (arch, img_size, patch_size, norm_pix_loss), or {}."""
+    from adq_ray import storage
+
+    try:
+        blob = torch.load(storage.open_binary(uri), map_location="cpu", weights_only=True)
+    except Exception:  # unreadable here: load_state_dict reports it with the file's name
+        return {}
+    args = blob.get("args") if isinstance(blob, dict) else None
+    return dict(args) if isinstance(args, dict) else {}

@@ -78,6 +78,7 @@ def select(
             _warn_starved(classes, counts, bin_quotas, cells)
         else:
             counts = dq_cell_counts(cells, rho)
+            _check_dq_total(int(counts.sum()), len(bins), rho)
         selected = draw(bins, labels, counts, classes, seed=seed)
         quota = counts.sum(1)
     count = torch.bincount(bins[selected], minlength=num_bins)
@@ -96,6 +97,29 @@ def class_count_summary(labels: Tensor, selected: Tensor) -> dict[str, int]:
         "max": int(per_class.max()),
         "zero": int((per_class == 0).sum()),
     }
+
+
+def _check_dq_total(total: int, n: int, rho: float) -> None:
+    """DQ's per-cell rounding: an error when it keeps nothing, a warning when it drifts > 5% from rho * n."""
+    from adq_ray.errors import InputError
+
+    if total == 0:
+        raise InputError(
+            f"sampler dq keeps no image at rho={rho}: every (bin, class) cell rounds rho * size to 0 "
+            f"(round half to even, as DQ's code); raise rho, lower num_bins, or use sampler adq (one global budget)"
+        )
+    target = rho * n
+    if abs(total - target) > 0.05 * target:
+        log.warning(
+            "sampler dq keeps %d of %d images (achieved ratio %.4f against rho %.4f, %+.1f%%): it rounds rho * size "
+            "in every (bin, class) cell, which drifts when cells are small; sampler adq with alpha 0 gives DQ's "
+            "proportional quotas at exactly floor(rho * n + 0.5) images",
+            total,
+            n,
+            total / n,
+            rho,
+            100 * (total - target) / target,
+        )
 
 
 def _warn_starved(classes: Tensor, counts: Tensor, quotas: Tensor, cells: Tensor) -> None:

@@ -185,6 +185,35 @@ def test_parquet_input(ray_session, tmp_path: Path) -> None:
         assert read_input_bytes(config, expected_paths[i]) == rows[i][0]
 
 
+def test_listing_ends_and_keys_on_what_it_read(tmp_path: Path) -> None:
+    """Directory symlink loops are listed once, not followed; odd entries carry a reason; the digest tracks changes."""
+    import os
+    import time
+
+    from adq_ray.ingest import walk_input
+
+    root = write_image_folder(tmp_path / "images", classes=2, per_class=2, size=SIZE)
+    (root / "class_0" / "loop").symlink_to(root)
+    (root / "class_1" / "back").symlink_to(root / "class_0")
+    os.mkfifo(root / "class_1" / "pipe.png")
+    (root / "class_1" / "dangling.jpg").symlink_to(tmp_path / "absent.jpg")
+    config = _config(str(root))
+    start = time.perf_counter()
+    inv = list_inputs(config)
+    assert time.perf_counter() - start < 30  # it ends
+    paths = [Path(p).relative_to(root).as_posix() for p in inv.table["path"].to_pylist()]
+    reasons = dict(zip(paths, inv.table["reason"].to_pylist()))
+    assert len(inv) == 4 + 4 and len(reasons) == 8  # each entry once
+    assert reasons["class_0/loop"] == reasons["class_1/back"] == "directory symlink (not followed)"
+    assert reasons["class_1/pipe.png"] == "not a regular file: fifo"
+    assert reasons["class_1/dangling.jpg"].startswith("broken symlink")
+    assert inv.classes == ["class_0", "class_1"]
+    digest = walk_input(config).digest
+    assert walk_input(config).digest == digest  # stable
+    (root / "class_0" / "extra.png").write_bytes(_png((8, 8, 3)))
+    assert walk_input(config).digest != digest  # an added input changes it
+
+
 def test_parquet_integer_labels(tmp_path: Path) -> None:
     table = pa.table({"image": [b"x", b"y", b"z"], "label": pa.array([2, None, 0], pa.int32())})
     pq.write_table(table, tmp_path / "d.parquet")

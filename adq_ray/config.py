@@ -69,7 +69,9 @@ class Config:
     features: Features = option("embedding", "embed", "embedding, or gradient (DQ's last-layer gradient features)")
     contrastive: str = option("", "embed", "encoder of the two augmented views; empty = the backbone, identity head")
     contrastive_weights: str = option("hub", "embed", "contrastive encoder weights: hub, random, a path or s3:// URL")
-    batch_size: int = option(64, None, "rows per actor call (a throughput knob: results do not depend on it)")
+    batch_size: int = option(
+        0, None, "rows per actor call; 0 = auto: 64 on CPU, from GPU memory on CUDA (results do not depend on it)"
+    )
     decode_device: DecodeDevice = option("cpu", "embed", "cuda: decode plain JPEGs with nvJPEG in the embed actors")
     # Stage 2: bins.
     num_bins: int = option(10, "bins", "N, the number of bins per class")
@@ -117,7 +119,7 @@ class Config:
         _check(
             self.max_group >= self.num_bins, f"max_group must be >= num_bins ({self.num_bins}), got {self.max_group}"
         )
-        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.batch_size >= 0, f"batch_size must be >= 0 (0 = auto), got {self.batch_size}")
         _check(self.patch_size >= 1, f"patch_size must be >= 1, got {self.patch_size}")
         _check(self.image_size >= 8, f"image_size must be >= 8, got {self.image_size}")
         _check(

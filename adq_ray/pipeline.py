@@ -34,7 +34,7 @@ from adq_ray.patches.source import read_sources
 from adq_ray.quotas import select
 from adq_ray.quotas.adq import budget
 from adq_ray.redact import redact, redact_all
-from adq_ray.resources import actor_options, gpus
+from adq_ray.resources import actor_options, batch_size, gpus
 from adq_ray.tables import read_parquet, to_matrix, write_parquet
 from adq_ray.watchdog import watch
 from adq_ray.write import summary as summarize
@@ -157,7 +157,7 @@ def embed_stage(config: Config, out: str, listing: Listing | None = None) -> Non
     ds = read_images(config, inventory, defer_jpeg=config.decode_device == "cuda").map_batches(
         Embedder,
         fn_constructor_kwargs={"config": config, "num_classes": len(inventory.classes)},
-        batch_size=config.batch_size,
+        batch_size=batch_size(config, "embed"),
         **actor_options(config),
     )
     _write_dataset(ds, storage.join(out, EMBEDDINGS), partition_cols=["label"])
@@ -244,7 +244,10 @@ def patch_dataset(config: Config, chosen: Inventory) -> ray.data.Dataset:
     ds = ray.data.from_arrow(listed, override_num_blocks=max(1, -(-listed.num_rows // (4 * PATCH_TASK_BATCH))))
     ds = ds.map_batches(read_sources, batch_format="numpy", **cpu_task).filter(expr="status == 'ok'")
     ds = ds.map_batches(
-        PatchSelector, fn_constructor_kwargs={"config": config}, batch_size=config.batch_size, **actor_options(config)
+        PatchSelector,
+        fn_constructor_kwargs={"config": config},
+        batch_size=batch_size(config, "patches"),
+        **actor_options(config),
     )
     return ds.map_batches(encode_rows, batch_format="numpy", **cpu_task)
 

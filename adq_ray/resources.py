@@ -73,3 +73,44 @@ def train_workers(config: Config) -> dict[str, object]:
     """Ray Train worker resources (`evaluate_arms` keywords): one GPU each, else `cpus_per_actor`."""
     on_gpu = gpus(config) > 0
     return {"use_gpu": on_gpu, "cpus_per_worker": 1.0 if on_gpu else config.cpus_per_actor}
+
+
+# GPU memory per image of one actor call, at 224 px (scaled by (size / 224)^2), with margin: the embed actor's
+# image + two views through the backbone (bf16 inference), and the CAM actor's forward + layer-4 backward.
+# Calibrated by benchmarks/gpu_stages.py (it prints the measured peak per image).
+GPU_BYTES_PER_IMAGE = {"embed": 16 * 2**20, "patches": 32 * 2**20}
+GPU_MEMORY_SHARE = 0.25  # of the device's memory, for one batch's activations (models, decoders, fragmentation)
+CPU_BATCH, MIN_GPU_BATCH, MAX_GPU_BATCH = 64, 64, 1024
+
+
+def batch_size(config: Config, stage: str) -> int:
+    """Rows per actor call of `stage` ("embed" or "patches"): `config.batch_size` when set (> 0), else automatic.
+
+    Automatic: 64 on CPU; on GPU the largest power of two <= GPU_MEMORY_SHARE x device memory /
+    (GPU_BYTES_PER_IMAGE[stage] x (size / 224)^2), within [64, 1024] (an 80 GB H100: 1024 for embed, 512 for
+    patches at 224 px). The device memory is read on the driver when it sees a GPU, else by a one-GPU probe task.
+    """
+    if config.batch_size > 0:
+        return config.batch_size
+    if not gpus(config):
+        return CPU_BATCH
+    size = config.image_size if stage == "embed" else (config.cam_image_size or config.patch_image_size)
+    per_image = GPU_BYTES_PER_IMAGE[stage] * (size / 224) ** 2
+    fit = int(GPU_MEMORY_SHARE * gpu_memory() / per_image)
+    return max(MIN_GPU_BATCH, min(MAX_GPU_BATCH, 1 << max(fit, 1).bit_length() - 1))
+
+
+def gpu_memory() -> int:
+    """Total memory in bytes of one GPU of the cluster (the driver's own when it has one)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory
+
+    @ray.remote(num_gpus=1)
+    def probe() -> int:
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory
+
+    return ray.get(probe.remote())

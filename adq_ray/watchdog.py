@@ -121,9 +121,10 @@ def translate(err: BaseException, config: Config, stage: str) -> Exception | Non
     if isinstance(err, UserError) and not isinstance(err, RayError):
         return None  # already one clear line (an inner `watch`, a refusal, a config error)
     chain = [cause for cause in _causes(err) if not isinstance(cause, RayError)]  # Ray's wrappers: their `cause`
+    where = f"stage {stage}{_endpoints(config)}"
     for cause in chain:
         if isinstance(cause, storage.StorageError):
-            return type(cause)(f"stage {stage}: {cause.what}", cause.error, cause.failed, cause.tries, cause.seconds)
+            return type(cause)(f"{where}: {cause.what}", cause.error, cause.failed, cause.tries, cause.seconds)
     stalls = [cause for cause in chain if isinstance(cause, (Stalled, ExecutionTimeoutError))]
     if stalls:
         detail = str(stalls[0]).splitlines()[0] if isinstance(stalls[0], Stalled) else "Ray Data's no-progress guard"
@@ -133,7 +134,7 @@ def translate(err: BaseException, config: Config, stage: str) -> Exception | Non
         )
     for cause in chain:
         if isinstance(cause, OSError) and storage.is_transient(cause):
-            return storage.TransientStorageError(f"stage {stage}", str(cause), 1, config.storage_attempts)
+            return storage.TransientStorageError(where, str(cause), 1, config.storage_attempts)
     return None
 
 
@@ -147,6 +148,13 @@ def _causes(err: BaseException) -> Iterator[BaseException]:
         seen.add(id(e))
         yield e
         todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+
+
+def _endpoints(config: Config) -> str:
+    """ " (endpoint <url>)" for the run's remote locations ("" when all are local)."""
+    remote = dict.fromkeys(storage.endpoint(u) for u in (config.input, config.output, config.cache_uri))
+    remote.pop("local", None)
+    return f" (endpoint {', '.join(remote)})" if remote else ""
 
 
 def _health(config: Config) -> str:

@@ -59,6 +59,7 @@ def read_sources(batch: dict[str, np.ndarray], config: Config) -> dict[str, np.n
     source (raw H x W x 3 bytes, b"" in the strip layout), source_height, source_width, source_quality."""
     size = config.patch_image_size
     paths = [str(p) for p in batch["path"]]
+    storage.configure(storage.RetryPolicy.of(config))  # this worker's retries and timeouts: the run's
     fs = storage.resolve(config.input)[0]
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
         blobs = list(pool.map(lambda p: _read(config, fs, p), paths))
@@ -84,11 +85,18 @@ def read_sources(batch: dict[str, np.ndarray], config: Config) -> dict[str, np.n
 
 
 def _read(config: Config, fs: pafs.FileSystem, path: str) -> bytes | Source:
-    """One input's bytes (a file, or a Parquet row `<file>#<row>`), or why it could not be read."""
+    """One input's bytes (a file, or a Parquet row `<file>#<row>`), or why it could not be read.
+
+    Only what is wrong with the object itself (gone, forbidden, a local file's error) is a rejection; a
+    transient or unknown object-store error raises (`storage.StorageError`): the stage fails, no row is lost.
+    """
     try:
         if re.match(PARQUET_ROW, path):
             return read_input_bytes(config, path)
-        with fs.open_input_stream(path.split("://", 1)[-1]) as f:
-            return f.read()
+        return storage.retry(storage.read_all, fs, path.split("://", 1)[-1], what=f"read {path}")
+    except storage.StorageError:
+        raise
     except (OSError, IndexError) as err:
+        if isinstance(err, OSError) and storage.is_remote(path) and not storage.is_permanent(err):
+            raise storage.StorageError(f"read {path}", str(err)) from err
         return Source(reason=f"unreadable: {err}")

@@ -43,8 +43,10 @@ from adq_ray.embed.views import two_views
 from adq_ray.ingest import extract_cifar_subset, list_inputs, read_images
 from adq_ray.ingest.decode import decode_image
 from adq_ray.models import create_model, normalize, select_device
-from adq_ray.patches.dropper import PatchDropper
+from adq_ray.patches.dropper import PatchDropper, PatchSelector, encode_rows
 from adq_ray.patches.gradcam import GradCAMPlusPlus
+from adq_ray.patches.source import read_sources
+from adq_ray.pipeline import patch_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -222,11 +224,8 @@ def ray_embed(config: Config, inventory) -> int:
 
 
 def ray_patches(config: Config, chosen):
-    ds = read_images(config.replace(image_size=config.patch_image_size), chosen)
-    ds = ds.filter(expr="status == 'ok'").map_batches(
-        PatchDropper, fn_constructor_kwargs={"config": config}, batch_size=config.batch_size, **actor_options(config)
-    )
-    return ds.materialize()
+    """The pipeline's own patch stage (decode tasks -> PatchSelector actors -> encode tasks), materialized."""
+    return patch_dataset(config, chosen).materialize()
 
 
 # --------------------------------------------------------------------------------------------- stages
@@ -471,8 +470,9 @@ def bench_patches(args, config, inventory, clock, device) -> tuple[Table, object
     )
     t.header()
     chosen = inventory.subset(inventory.table["sample_id"].to_numpy()[: args.patch_images])
-    blobs = [Path(p).read_bytes() for p in chosen.table["path"].to_pylist()]
-    images = np.stack([decode_image(x, size, config.max_image_pixels, config.max_file_bytes).image for x in blobs])
+    listing = {k: chosen.table[k].to_numpy(zero_copy_only=False) for k in ("sample_id", "label", "path")}
+    rows = read_sources(listing, config)  # what the Ray stage's decode tasks give the actors (source layout)
+    images = rows["image"]
     n, b = len(images), config.batch_size
     x_all = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     dropper = PatchDropper(config)
@@ -488,11 +488,6 @@ def bench_patches(args, config, inventory, clock, device) -> tuple[Table, object
         create_model(config.cam_model, config.cam_weights).to(device).requires_grad_(False), config.cam_layer
     )
     cam = lambda c=bare: [c(normalize(x_all[p].to(device)), config.grid) for p in batches(n, b)]  # noqa: E731
-    rows = {
-        "sample_id": chosen.table["sample_id"].to_numpy(),
-        "label": chosen.table["label"].to_numpy(),
-        "image": images,
-    }
     call = lambda: [dropper({k: v[p] for k, v in rows.items()}) for p in batches(n, b)]  # noqa: E731
     forward_only()
     _, s = clock(forward_only, repeat=args.patch_repeat)
@@ -511,24 +506,32 @@ def bench_patches(args, config, inventory, clock, device) -> tuple[Table, object
         note=f"CAMs equal: {same}",
     )
     tables, s = clock(call, repeat=args.patch_repeat)
-    t.add("dropper", "PatchDropper.__call__ (CAM, top-k, patchify, encode, Arrow)", args.where, n, s, "gradcam_frozen")
-    from adq_ray.patches.codec import encode_patches
-    from adq_ray.patches.grid import patchify
-
-    x = x_all[:b]
-    chosen_patches = patchify(x, config.patch_size)[:, : config.kept_patches].permute(0, 1, 3, 4, 2).numpy()
-    strips = [chosen_patches[i % len(chosen_patches)] for i in range(n)]
-    _, s = clock(
-        lambda: [encode_patches(c, config.codec, config.jpeg_quality) for c in strips], repeat=args.patch_repeat
+    layout = "source" if rows["source_height"].any() else "strip"
+    t.add(
+        "dropper",
+        f"PatchDropper.__call__ (CAM, top-k, gather, {layout}-layout encode, Arrow)",
+        args.where,
+        n,
+        s,
+        "gradcam_frozen",
     )
-    t.add("encode", f"  of which: {config.codec} encode of the kept patches", "cpu, 1 core", n, s, "gradcam_frozen")
+    selected = [PatchSelector.__call__(dropper, {k: v[p] for k, v in rows.items()}) for p in batches(n, b)]
+    _, s = clock(lambda: [encode_rows(sel, config) for sel in selected], repeat=args.patch_repeat)
+    t.add(
+        "encode",
+        f"  of which: encode_rows ({config.codec}, {layout} layout; a CPU task in the Ray stage)",
+        "cpu, 1 core",
+        n,
+        s,
+        "gradcam_frozen",
+    )
     ds = None
     if args.ray:
         where = f"Ray, {args.num_cpus} CPUs, {actor_options(config)['compute'].max_size} actor(s)"
         ds, s = clock(lambda: ray_patches(config, chosen))
         t.add(
             "ray_patches_cold",
-            "Ray read_images(patch size) -> map_batches(PatchDropper), first run",
+            "Ray patch stage (decode tasks -> PatchSelector actors -> encode tasks), first run",
             where,
             n,
             s,
@@ -537,7 +540,7 @@ def bench_patches(args, config, inventory, clock, device) -> tuple[Table, object
         ds, s = clock(lambda: ray_patches(config, chosen))
         t.add(
             "ray_patches",
-            "Ray read_images(patch size) -> map_batches(PatchDropper), again",
+            "Ray patch stage (decode tasks -> PatchSelector actors -> encode tasks), again",
             where,
             n,
             s,

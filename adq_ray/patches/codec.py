@@ -51,7 +51,6 @@ from PIL import Image
 
 CODECS = ("png", "jpeg", "raw")
 _SUBSAMPLING_420 = 2  # Pillow's subsampling code for 4:2:0
-_FILL_ITERATIONS = 24  # diffusion steps that smooth the filled pixels (cheaper JPEG blocks)
 
 
 def dataset_schema(kept: int) -> pa.Schema:
@@ -111,21 +110,32 @@ def _encode(image: np.ndarray, codec: str, quality: int, subsampling: str) -> by
 
 
 def fill_outside(image: np.ndarray, mask: np.ndarray, smooth: bool = True) -> np.ndarray:
-    """(H, W, 3) uint8 with the pixels outside `mask` set to the kept pixels' mean colour, then (smooth)
-    relaxed towards their neighbours (a few Jacobi steps of Laplace's equation): smooth fills cost few
-    JPEG bits, and kept pixels are untouched."""
-    out = image.astype(np.float32)
-    hole = ~mask
-    if not hole.any():
+    """(H, W, 3) uint8 with the pixels outside `mask` (H, W) filled, kept pixels untouched: by push-pull
+    (`smooth`: each hole takes the mask-weighted mean of its 2x2, 4x4, ... neighbourhood, the finest
+    that has kept pixels; smooth fills cost few JPEG bits), else by the kept pixels' mean colour."""
+    if mask.all():
         return image
-    out[hole] = out[mask].mean(0) if mask.any() else 128.0
-    for _ in range(_FILL_ITERATIONS if smooth else 0):
-        padded = np.pad(out, ((1, 1), (1, 1), (0, 0)), mode="edge")
-        mean = (padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]) / 4
-        out[hole] = mean[hole]
-    filled = image.copy()
-    filled[hole] = np.clip(np.rint(out[hole]), 0, 255).astype(np.uint8)
-    return filled
+    if smooth:
+        filled = _push_pull(image.astype(np.float32), mask.astype(np.float32))
+    else:
+        filled = np.broadcast_to(image[mask].mean(0) if mask.any() else np.float32(128), image.shape)
+    return np.where(mask[..., None], image, np.clip(np.rint(filled), 0, 255).astype(np.uint8))
+
+
+def _push_pull(image: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """(H, W, C) float32 with the zero-weight pixels replaced by the next coarser level's weighted mean."""
+    h, w = weight.shape
+    if weight.all() or not weight.any() or (h == 1 and w == 1):
+        mean = (image * weight[..., None]).sum((0, 1)) / weight.sum() if weight.any() else np.float32(128)
+        return np.where(weight[..., None] > 0, image, mean)
+    pad = ((0, h % 2), (0, w % 2))
+    v = np.pad(image * weight[..., None], (*pad, (0, 0)))
+    wt = np.pad(weight, pad)
+    vs = v.reshape(v.shape[0] // 2, 2, v.shape[1] // 2, 2, -1).sum((1, 3))
+    ws = wt.reshape(wt.shape[0] // 2, 2, wt.shape[1] // 2, 2).sum((1, 3))
+    coarse = _push_pull(vs / np.maximum(ws, 1e-6)[..., None], (ws > 0).astype(np.float32))
+    up = coarse.repeat(2, 0).repeat(2, 1)[:h, :w]
+    return np.where(weight[..., None] > 0, image, up)
 
 
 def decode_patches(data: bytes, codec: str, patch_size: int) -> np.ndarray:

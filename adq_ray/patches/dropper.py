@@ -101,8 +101,7 @@ def encode_rows(batch: dict[str, np.ndarray], config: Config) -> pa.Table:
     heights, widths = np.asarray(batch["source_height"]), np.asarray(batch["source_width"])
     quality = np.asarray(batch["source_quality"])
     quality = np.where((quality > 0) & (quality < cfg.jpeg_quality), quality, cfg.jpeg_quality)
-    keep = np.zeros((len(kept_idx), cfg.grid**2), bool)
-    np.put_along_axis(keep, kept_idx.astype(np.int64), True, axis=1)
+    masks = _source_masks(kept_idx, heights, widths, cfg)
     blobs = []
     for i, data in enumerate(batch["pixels"]):
         h, w = int(heights[i]), int(widths[i])
@@ -111,8 +110,7 @@ def encode_rows(batch: dict[str, np.ndarray], config: Config) -> pa.Table:
             blobs.append(encode_strip(strip, cfg.codec, int(quality[i])))
         else:
             image = np.frombuffer(data, np.uint8).reshape(h, w, 3)
-            mask = source_mask(keep[i : i + 1], h, w, cfg.patch_image_size)[0]
-            blobs.append(encode_source(image, mask, cfg.codec, int(quality[i])))
+            blobs.append(encode_source(image, masks[i], cfg.codec, int(quality[i])))
     n = len(blobs)
     patches = pa.array(blobs, type=pa.binary())
     lengths = np.array([len(b) for b in blobs], np.int64)
@@ -129,6 +127,17 @@ def encode_rows(batch: dict[str, np.ndarray], config: Config) -> pa.Table:
         "source_width": pa.array(widths.astype(np.int32)),
     }
     return pa.table(columns, schema=dataset_schema(cfg.kept_patches))
+
+
+def _source_masks(kept_idx: np.ndarray, heights: np.ndarray, widths: np.ndarray, cfg: Config) -> dict[int, np.ndarray]:
+    """{row: (H, W) `source_mask`} for the source-layout rows, one batched call per source shape."""
+    keep = np.zeros((len(kept_idx), cfg.grid**2), bool)
+    np.put_along_axis(keep, kept_idx.astype(np.int64), True, axis=1)
+    masks = {}
+    for h, w in {(int(h), int(w)) for h, w in zip(heights, widths) if h > 0}:
+        rows = np.flatnonzero((heights == h) & (widths == w))
+        masks.update(zip(rows.tolist(), source_mask(keep[rows], h, w, cfg.patch_image_size)))
+    return masks
 
 
 class PatchDropper(PatchSelector):

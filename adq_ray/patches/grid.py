@@ -5,6 +5,8 @@ Patches are numbered row-major (index = row * grid + col), as in ViT / MAE.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -49,6 +51,7 @@ def expand_mask(keep: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2).unsqueeze(1)
 
 
+@functools.lru_cache(maxsize=256)
 def bilinear_support(n_in: int, n_out: int) -> np.ndarray:
     """Boolean (n_out, n_in): the input pixels Pillow's BILINEAR resize reads for each output pixel, on one axis.
 
@@ -65,12 +68,16 @@ def bilinear_support(n_in: int, n_out: int) -> np.ndarray:
     return (j >= first[:, None]) & (j < last[:, None])
 
 
+@functools.lru_cache(maxsize=256)
+def _patch_support(n_in: int, size: int, grid: int) -> np.ndarray:
+    """float32 (grid, n_in): 1 where a pixel of patch row (or column) r of the size-px image reads input pixel j."""
+    return bilinear_support(n_in, size).reshape(grid, size // grid, n_in).any(1).astype(np.float32)
+
+
 def source_mask(keep: np.ndarray, height: int, width: int, size: int) -> np.ndarray:
     """Patch keep mask (B, g^2) -> boolean (B, height, width): the source pixels that a BILINEAR resize to
     size x size reads for any pixel of a kept patch; all other source pixels can be dropped without
-    changing a kept pixel of the resized image (`bilinear_support`, separable: rows x columns)."""
+    changing a kept pixel of the resized image (`bilinear_support`, separable: rows^T K cols > 0)."""
     g = int(round(keep.shape[1] ** 0.5))
-    rows = bilinear_support(height, size).reshape(g, size // g, height).any(1)  # (g, H)
-    cols = bilinear_support(width, size).reshape(g, size // g, width).any(1)  # (g, W)
-    k = keep.reshape(-1, g, g).astype(np.float32)
-    return np.einsum("rh,brc,cw->bhw", rows.astype(np.float32), k, cols.astype(np.float32)) > 0
+    rows, cols = _patch_support(height, size, g), _patch_support(width, size, g)
+    return rows.T @ keep.reshape(-1, g, g).astype(np.float32) @ cols > 0

@@ -50,6 +50,11 @@ def summary(config: Config, manifest: pa.Table, bin_table: list[dict], stages: d
         "source_bytes": source_bytes,
         "stored_bytes": stored_bytes,
         "storage_ratio": stored_bytes / source_bytes if source_bytes else 0.0,
+        # storage_ratio / data_keep_ratio: how the stored bytes compare with the kept share of the source
+        # (1 = as dear as keeping the kept patches' share of the source files; the storage target is <= 1.1).
+        "storage_over_data_keep": (stored_bytes / source_bytes) / (sample_ratio * patch_keep)
+        if source_bytes and sample_ratio
+        else 0.0,
         "sampler": config.sampler,
         "alpha": config.alpha,
         "output": config.output,

@@ -133,7 +133,7 @@ def main() -> None:
             )
             r = measure(files, config, args.rho, args.seed, work / f"{kind}-{codec}.parquet")
             print(
-                f"| {kind} | {codec} (q<={config.jpeg_quality}) | {args.rho} | {r['layout']} | {r['n']} ({r['source_avg']:.0f}) "
+                f"| {kind} | {codec + (f' (q <= {config.jpeg_quality})' if codec == 'jpeg' else '')} | {args.rho} | {r['layout']} | {r['n']} ({r['source_avg']:.0f}) "
                 f"| {r['stored_avg']:.0f} | {r['data_keep']:.4f} | {r['storage']:.4f} | {r['quotient']:.2f} |",
                 flush=True,
             )

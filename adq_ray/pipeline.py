@@ -34,7 +34,7 @@ from adq_ray.patches.source import read_sources
 from adq_ray.quotas import select
 from adq_ray.quotas.adq import budget
 from adq_ray.redact import redact, redact_all
-from adq_ray.resources import actor_options, batch_size, gpus
+from adq_ray.resources import actor_options, batch_size, decode_options, gpus
 from adq_ray.tables import read_parquet, to_matrix, write_parquet
 from adq_ray.watchdog import watch
 from adq_ray.write import summary as summarize
@@ -42,7 +42,6 @@ from adq_ray.write.manifest import build_manifest
 
 log = logging.getLogger("adq_ray")
 PATCH_TASK_BATCH = 64  # rows per patch-stage decode / encode task call
-PATCH_TASK_CPUS = 0.5  # fractional, like ingest's decode tasks
 
 
 @dataclass
@@ -240,7 +239,7 @@ def patch_dataset(config: Config, chosen: Inventory) -> ray.data.Dataset:
     tasks beside them, so per-row CPU work is off the model's critical path on a GPU.
     """
     listed = chosen.table.select(["sample_id", "label", "path"])
-    cpu_task = {"batch_size": PATCH_TASK_BATCH, "num_cpus": PATCH_TASK_CPUS, "fn_kwargs": {"config": config}}
+    cpu_task = {"batch_size": PATCH_TASK_BATCH, **decode_options(), "fn_kwargs": {"config": config}}
     ds = ray.data.from_arrow(listed, override_num_blocks=max(1, -(-listed.num_rows // (4 * PATCH_TASK_BATCH))))
     ds = ds.map_batches(read_sources, batch_format="numpy", **cpu_task).filter(expr="status == 'ok'")
     ds = ds.map_batches(

@@ -95,3 +95,31 @@ def test_every_field_joins_a_stage_or_is_exempt_with_a_reason():
     assert keyed | unkeyed == set(field_types()) and not keyed & unkeyed
     assert all(field_stage(name) in STAGES for name in keyed)
     assert all(field_help(name) for name in field_types()), "every field needs a help line"
+
+
+def test_sample_writes_beside_the_run_it_resamples_and_refuses_to_overwrite_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.yaml").write_text("input: data\noutput: outputs/r10\nrho: 0.1\n")
+    sample = lambda *flags: build_config(parser().parse_args(["sample", "--config", "run.yaml", *flags]))  # noqa: E731
+    c = sample("--rho", "0.05", "--alpha", "0.5")
+    assert c.output == str(tmp_path / "outputs" / "r10-adq-rho0.05-alpha0.5")
+    assert c.cache_uri == str(tmp_path / "outputs" / "r10" / "_stages")  # the earlier run's embeddings and bins
+    assert sample("--output", "elsewhere").output == str(tmp_path / "elsewhere")
+    with pytest.raises(ConfigError, match="would overwrite outputs/r10/, the run it re-samples from"):
+        sample("--rho", "0.05", "--output", "outputs/r10/")
+    assert sample("--rho", "0.05", "--output", "outputs/r10", "--overwrite").output == str(tmp_path / "outputs" / "r10")
+
+
+def test_every_flag_of_every_command_has_a_help_line_with_its_default():
+    import argparse
+
+    subparsers = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for command, sub in subparsers.choices.items():
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction) or not action.option_strings:
+                continue
+            flag = f"adq {command} {action.option_strings[-1]}"
+            assert action.help, f"{flag} has no help line"
+            if action.default not in (None, False, "") and action.required is False:
+                shown = "default" in action.help or str(action.default) in action.help
+                assert shown, f"{flag} does not show its default {action.default!r}"

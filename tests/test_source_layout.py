@@ -252,3 +252,28 @@ def test_ray_patch_stage_equals_the_in_process_dropper(ray_session, tmp_path, ci
     assert inventory.table["sample_id"].to_pylist() == list(range(len(paths)))
     assert got["source_height"].to_pylist() == [32] * 5 + [25, 26] + [0, 0]
     assert got.schema == expected.schema and got.equals(expected)
+
+
+def test_a_plain_parquet_reader_rebuilds_the_same_images(tmp_path, sources: list[Path]) -> None:
+    """The recipe in codec.py's docstring (pyarrow + Pillow, no adq_ray) gives decode_rows' images, both layouts."""
+    big = write(tmp_path / "big.png", np.random.default_rng(3).integers(0, 256, (70, 90, 3), dtype=np.uint8))
+    for codec in ("png", "jpeg"):
+        cfg = config(codec)
+        pq.write_table(PatchDropper(cfg)(rows_for([*sources, big], cfg)), tmp_path / f"{codec}.parquet")
+        table = pq.read_table(tmp_path / f"{codec}.parquet")
+        expected, _ = decode_rows(table)
+        for row, want in zip(table.to_pylist(), expected):
+            s, p = row["image_size"], row["patch_size"]
+            g, kept = s // p, row["kept_idx"]
+            data = Image.open(io.BytesIO(row["patches"])).convert("RGB")
+            if row["source_height"]:
+                image = np.array(data.resize((s, s), Image.Resampling.BILINEAR))
+            else:
+                strip, image = np.asarray(data), np.zeros((s, s, 3), np.uint8)
+                for j, i in enumerate(kept):
+                    image[i // g * p : i // g * p + p, i % g * p : i % g * p + p] = strip[:, j * p : j * p + p]
+            dropped = np.ones(g * g, bool)
+            dropped[kept] = False
+            for i in np.flatnonzero(dropped):
+                image[i // g * p : i // g * p + p, i % g * p : i % g * p + p] = 0
+            np.testing.assert_array_equal(image, want.permute(1, 2, 0).numpy())

@@ -30,6 +30,17 @@ resize to S x S with Pillow `Image.resize((S, S), Image.Resampling.BILINEAR)` (w
 source) and zero or restore the dropped patches: the kept patches are then the same pixels as in the
 strip layout (bit-exact with png / raw).
 
+Reading a row with pyarrow and Pillow alone (png / jpeg; `kept` = the row's `kept_idx`, p, S, g = S / p)::
+
+    data = Image.open(io.BytesIO(row["patches"])).convert("RGB")
+    if row["source_height"]:  # source layout
+        image = np.array(data.resize((S, S), Image.Resampling.BILINEAR))
+    else:  # strip layout
+        strip, image = np.asarray(data), np.zeros((S, S, 3), np.uint8)
+        for j, i in enumerate(kept):
+            image[i // g * p : i // g * p + p, i % g * p : i % g * p + p] = strip[:, j * p : j * p + p]
+    # the patches not in `kept` are dropped (zero them, then fill them or let an MAE paint them)
+
 Codecs, for either layout:
 - ``png``:  PNG (8-bit RGB, or grayscale when all kept pixels are grey; lossless);
 - ``jpeg``: baseline JPEG with optimised Huffman tables, at min(`jpeg_quality`, the source JPEG's

@@ -139,9 +139,9 @@ def _push_pull(image: np.ndarray, weight: np.ndarray) -> np.ndarray:
     if weight.all() or not weight.any() or (h == 1 and w == 1):
         mean = (image * weight[..., None]).sum((0, 1)) / weight.sum() if weight.any() else np.float32(128)
         return np.where(weight[..., None] > 0, image, mean)
-    pad = ((0, h % 2), (0, w % 2))
-    v = np.pad(image * weight[..., None], (*pad, (0, 0)))
-    wt = np.pad(weight, pad)
+    v, wt = image * weight[..., None], weight
+    if h % 2 or w % 2:
+        v, wt = np.pad(v, ((0, h % 2), (0, w % 2), (0, 0))), np.pad(wt, ((0, h % 2), (0, w % 2)))
     vs = v.reshape(v.shape[0] // 2, 2, v.shape[1] // 2, 2, -1).sum((1, 3))
     ws = wt.reshape(wt.shape[0] // 2, 2, wt.shape[1] // 2, 2).sum((1, 3))
     coarse = _push_pull(vs / np.maximum(ws, 1e-6)[..., None], (ws > 0).astype(np.float32))

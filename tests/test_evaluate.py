@@ -121,8 +121,9 @@ def test_train_and_test_on_cifar_slice_with_two_workers(ray_session, tmp_path):
 
     final_acc is the last epoch's and best_acc the best epoch's test accuracy, every accuracy a whole number
     of images over the 100 test / 200 train images, the lr DQ's cosine stepped once per epoch.
-    Planted bugs caught: the scheduler stepped per batch (lr 0.025 expected in epoch 2), and train
-    counts not summed over the workers (n_train 100, train_acc in 1/100ths).
+    Planted bugs caught: the scheduler never stepped (lr 0.05 in epoch 2, 0.025 expected), and train
+    counts not summed over the workers (n_train 100). Stepping per batch is not caught here: with 7 steps
+    per epoch the periodic cosine lands on 0.025 again.
     """
     train = ray_session.data.from_items(as_items(cifar_slice(tmp_path, "train", 20)))
     test = ray_session.data.from_items(as_items(cifar_slice(tmp_path, "test", 10)))

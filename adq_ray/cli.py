@@ -89,6 +89,7 @@ def quiet_ray_data() -> None:
     context.enable_operator_progress_bars = False  # one bar per dataset, i.e. per stage
     context.enable_progress_bars = sys.stderr.isatty()
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # execution plans and sink summaries, per dataset
+    logging.getLogger("ray.data._internal.progress").addFilter(lambda r: "Progress bars disabled" not in r.getMessage())
 
 
 def _absolute(path: str) -> str:

@@ -58,9 +58,9 @@ def report_inputs(seed: int = 0) -> dict:
             "storage_ratio": 0.0731,
             "sampler": "adq",
             "output": OUTPUT,
-            "stages": {
-                "embed": {"reused": False, "seconds": 1.5, "path": f"{OUTPUT}/_stages/embed-0123"},
+            "stages": {  # sorted by name, as in summary.json
                 "bins": {"reused": True, "seconds": 0.0, "path": f"{OUTPUT}/_stages/bins-4567"},
+                "embed": {"reused": False, "seconds": 1.5, "path": f"{OUTPUT}/_stages/embed-0123"},
                 "write": {"reused": False, "seconds": 0.25},
             },
         },
@@ -185,9 +185,7 @@ def test_summary_card_comes_first_and_explains_each_ratio_with_its_bytes(tmp_pat
         "Patch keep ratio   79.59%   156 of 196 patches per image",
         "Data keep ratio   15.92%   sample ratio x patch keep ratio",
         "Storage ratio   7.31%   stored bytes / source bytes = 182.8 kB / 2.5 MB",
-        "embed 1.5 s",
-        "bins re-used",
-        "total 1.8 s",
+        "embed 1.5 s &middot; bins re-used &middot; write 0.2 s &middot; total 1.8 s",
         "Fewest kept: dog 8, cat 12",
     ):
         assert re.sub(r"\s+", " ", line) in re.sub(r"\s+", " ", text), line

@@ -24,6 +24,7 @@ SAMPLE_CELL = 64
 LABEL_BAND = 13  # px under each sample for its class name
 OVERLAY_CELL = 160
 OVERLAY_PAIRS_PER_ROW = 4
+STAGE_ORDER = ("list", "embed", "bins", "select", "patches", "write")  # summary.json sorts its keys
 TOP_CLASSES = 10  # classes listed in each of the card's "fewest kept" / "most kept" lists
 
 _CSS = """
@@ -205,9 +206,12 @@ def _stage_times(stages: dict[str, dict[str, Any]]) -> str:
     """One line: seconds per stage (re-used stages say so) and the total."""
     if not stages:
         return ""
+    order = sorted(
+        stages, key=lambda name: (STAGE_ORDER.index(name) if name in STAGE_ORDER else len(STAGE_ORDER), name)
+    )
     parts = [
-        f"{html.escape(name)} {'re-used' if s.get('reused') else _seconds(s.get('seconds', 0.0))}"
-        for name, s in stages.items()
+        f"{html.escape(name)} {'re-used' if stages[name].get('reused') else _seconds(stages[name].get('seconds', 0.0))}"
+        for name in order
     ]
     total = sum(float(s.get("seconds", 0.0)) for s in stages.values())
     return f"<p><b>Time per stage</b>: {' &middot; '.join(parts)} &middot; total {_seconds(total)}</p>"

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Build what benchmarks/gpu_job.sh carries to a GPU machine that has no Ray (RAY-NOTES "Ray on the GPU machine"):
-#   .whl/ray-py311.txz      ray 2.60.0 unpacked and slimmed (no jars, rllib, serve, llm, *.js.map, tests/),
-#                           plus deps/: Ray's requirements, pandas and matplotlib (the report) for that Python
+#   .whl/ray-py312.txz      ray 2.60.0 unpacked and slimmed (no jars, rllib, serve, llm, *.js.map, tests/),
+#                           plus deps/: Ray's requirements the device image lacks (jsonschema and its own;
+#                           /work/.library/device/KINDS.md lists what it holds: Python 3.12, pandas, pyarrow,
+#                           matplotlib, msgpack, pyyaml, ... are there)
 #   .whl/cifar10-train.txz  the 50,000 CIFAR-10 training JPEGs of ../shared/data/cifar10-jpeg.tar.gz
-# Both fit the device tool's 64 MiB carry limit together (about 33 + 17 MB, xz). Takes ~5 min (xz) on 2 cores.
-#   PY=3.11 bash benchmarks/gpu_bundle.sh
+# Both fit the device tool's 64 MiB carry limit together (about 30 + 15.5 MB, xz). ~10 min (xz) on 2 busy cores.
+#   bash benchmarks/gpu_bundle.sh              # PY=3.12 by default; EXTRA="pandas==3.1.1 ..." adds wheels
 set -euo pipefail
-PY="${PY:-3.11}"
+PY="${PY:-3.12}"
 TAG="cp${PY/./}"
 cd "$(dirname "$0")/.."
 W=.whl
@@ -15,10 +17,7 @@ PLAT=(--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platfor
 rm -rf "$W/dl" "$W/depwhl" "$W/rayslim" "$W/deps" && mkdir -p "$W/dl" "$W/depwhl"
 "${PIP[@]}" "$W/dl" --platform manylinux2014_x86_64 ray==2.60.0
 "${PIP[@]}" "$W/depwhl" "${PLAT[@]}" jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 \
-  rpds-py==2026.9.1 attrs==26.1.0 msgpack==1.2.4 click==8.5.1 filelock==4.3.1 protobuf==7.36.2 PyYAML==6.0.4 \
-  requests==2.34.2 urllib3==2.8.0 idna==3.20 charset-normalizer==3.5.3 certifi packaging==26.4 fsspec==2026.9.0 \
-  pandas==3.1.1 python-dateutil six typing_extensions==4.16.0 matplotlib==3.11.2 contourpy cycler fonttools \
-  kiwisolver pyparsing
+  rpds-py==2026.9.1 ${EXTRA:-}
 # Unpack keeping each file's mode (`python -m zipfile -e` drops the exec bit of gcs_server and raylet).
 .venv/bin/python - "$W" <<'EOF'
 import glob, os, sys, zipfile

@@ -2,14 +2,14 @@
 # The whole compression job through Ray on one GPU node, and its in-process ceilings on the same images.
 #
 # Run from the repository root on the GPU machine (device tool), with these git-ignored files carried:
-#   .whl/ray-py311.txz     Ray 2.60.0 (cp311, slimmed as in RAY-NOTES) + the Ray/report dependencies a bare
-#                          torch image may lack (unpacked after the machine's own site-packages: never shadowing)
+#   .whl/ray-py312.txz     Ray 2.60.0 (cp312: the device image's python3 is 3.12, KINDS.md; slimmed as in
+#                          RAY-NOTES) + jsonschema & co., which the image lacks (put after its own site-packages)
 #   .whl/cifar10-train.txz the 50,000 CIFAR-10 training JPEGs (train/<class>/NNNN.jpg)
 # Build both on the CPU box with `benchmarks/gpu_bundle.sh`.
 #
 #   bash benchmarks/gpu_job.sh            # results (Markdown, JSON, logs) in $OUT (default /tmp/adq-gpu-out)
 #
-# Steps: python3 --version + pip list (fails unless Python 3.11, the wheel's); unpack; extract the JPEGs;
+# Steps: python3 --version + pip list (fails unless the bundle matches that Python); unpack; extract the JPEGs;
 # jobs/compress.py --device cuda --decode-device cuda at 224 px, resnet18 backbone and CAM with random weights
 # (speed does not depend on them), rho 0.5 so 25,000 images go through the patch stage; then
 # benchmarks/gpu_stages.py: nvJPEG, Embedder.embed, bare GradCAM++ and assign_bins in process on the same
@@ -45,7 +45,7 @@ python3 -m tarfile -e "$BUNDLE" "$WORK/env"
 python3 -m tarfile -e .whl/cifar10-train.txz "$WORK/cifar"
 SITE=$(python3 -c 'import site, sys; print(":".join(site.getsitepackages() + [site.getusersitepackages()]))')
 export PYTHONPATH="$PWD:$WORK/env/rayslim:$SITE:$WORK/env/deps"
-export RAY_DEDUP_LOGS=0 RAY_ENABLE_UV_RUN_RUNTIME_ENV=0
+export RAY_DEDUP_LOGS=0 RAY_ENABLE_UV_RUN_RUNTIME_ENV=0 PYTHONUNBUFFERED=1
 python3 - <<'EOF'
 import importlib, sys
 versions = {}
@@ -64,7 +64,7 @@ echo "== $IMAGES JPEGs ($(elapsed))"
 echo "== the Ray job ($(elapsed))"
 rm -rf "$WORK/out"
 JOB_START=$(date +%s.%N)
-timeout 330 python3 jobs/compress.py \
+timeout 270 python3 jobs/compress.py \
   --input "$WORK/cifar/train" --output "$WORK/out" \
   --device cuda --decode-device cuda --image-size 224 \
   --backbone resnet18 --backbone-weights random --cam-model resnet18 --cam-weights random \
@@ -76,7 +76,7 @@ cp "$WORK/out/summary.json" "$OUT/summary.json"
 echo "== job done in ${JOB_SECONDS} s ($(elapsed))"
 
 echo "== in-process ceilings on the same images ($(elapsed))"
-timeout 200 python3 benchmarks/gpu_stages.py --input "$WORK/cifar/train" --job-output "$WORK/out" \
+timeout 110 python3 benchmarks/gpu_stages.py --input "$WORK/cifar/train" --job-output "$WORK/out" \
   --job-seconds "$JOB_SECONDS" --out "$OUT/gpu_stages.md" 2> "$OUT/stages.stderr" || {
   echo "FAIL: gpu_stages.py"; tail -40 "$OUT/stages.stderr"; exit 5; }
 echo "== total $(elapsed)"

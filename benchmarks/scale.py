@@ -265,22 +265,31 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     from adq_ray.pipeline import bins_stage, select_stage
 
     workdir = Path(args.workdir)
-    if workdir.exists():
+    marker = workdir / "faked.json"
+    shape = json.dumps([args.samples, args.classes, args.dim, args.num_bins, args.seed, args.driver_only])
+    reuse = args.reuse and marker.exists() and marker.read_text() == shape
+    if workdir.exists() and not reuse:
         shutil.rmtree(workdir)
     config = config_for(workdir, args)
     layout = Layout(config, LISTING)
     start = time.perf_counter()
-    child = multiprocessing.get_context("spawn").Process(
-        target=_fake, args=(args, layout.stage("embed"), layout.stage("bins"))
-    )
-    child.start()
-    child.join()
-    if child.exitcode:
-        raise RuntimeError(f"faking the stages failed (exit code {child.exitcode})")
+    if reuse:  # the faked stages of an earlier run of the same shape; the stages' outputs go
+        for name in ("select", *(() if args.driver_only else ("bins",))):
+            shutil.rmtree(layout.stage(name), ignore_errors=True)
+        shutil.rmtree(config.output.rstrip("/") + "/dataset", ignore_errors=True)
+    else:
+        child = multiprocessing.get_context("spawn").Process(
+            target=_fake, args=(args, layout.stage("embed"), layout.stage("bins"))
+        )
+        child.start()
+        child.join()
+        if child.exitcode:
+            raise RuntimeError(f"faking the stages failed (exit code {child.exitcode})")
+        marker.write_text(shape)
     fake_s = time.perf_counter() - start
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+        start_ray(args.num_cpus)
     peaks = Peaks()
     rows: list[dict[str, object]] = []
     steps = [] if args.driver_only else [("bins", lambda: bins_stage(config, layout.stage("bins"), layout))]
@@ -322,6 +331,21 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     return {"rows": rows, "summary": summary, "driver_peak_gb": hwm}
 
 
+def start_ray(num_cpus: int, tries: int = 3) -> None:
+    """ray.init, tried again: on a loaded machine the raylet can miss Ray's fixed 30 s start deadline."""
+    import ray
+
+    for attempt in range(tries):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            return
+        except Exception:
+            ray.shutdown()
+            if attempt == tries - 1:
+                raise
+            time.sleep(10)
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", type=int, default=1_281_167)
@@ -334,6 +358,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--driver-only", action="store_true", help="fake the bins stage too; run select + manifest")
     p.add_argument("--workdir", default="/tmp/adq-scale")
     p.add_argument("--keep", action="store_true", help="keep the faked stages and outputs")
+    p.add_argument("--reuse", action="store_true", help="re-use the faked stages a --keep run of this shape left")
     return p.parse_args(argv)
 
 

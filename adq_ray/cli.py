@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # OSError texts of object stores refusing the credentials (pyarrow's S3 errors are plain OSErrors).
-_AUTH = ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "403")
+_AUTH = ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "HTTP status 403")
 
 
 def is_user_error(err: BaseException) -> bool:

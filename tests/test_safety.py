@@ -162,8 +162,9 @@ def test_refuses_overlaps_files_and_foreign_outputs(ray_session, tmp_path, capsy
     cases = {
         "inside": ["--input", str(folder), "--output", str(tmp_path / "data")],
         "contains": ["--input", str(folder), "--output", str(folder / "out")],
-        "file": ["--input", str(folder), "--output", str(folder / "class_0" / "0000.png")],
+        "file": ["--input", str(folder), "--output", str(tmp_path / "afile.txt")],
     }
+    (tmp_path / "afile.txt").write_text("not a folder")
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "precious.txt").write_text("keep me")
     cases["foreign"] = ["--input", str(folder), "--output", str(tmp_path / "foreign")]
@@ -174,7 +175,7 @@ def test_refuses_overlaps_files_and_foreign_outputs(ray_session, tmp_path, capsy
         assert err.startswith("adq: error: ") and err.count("\n") == 1, (name, err)
         assert {"inside": "overlap", "contains": "overlap", "file": "is a file", "foreign": "--overwrite"}[name] in err
     assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written anywhere
-    foreign = _tiny(tmp_path, folder, output=str(tmp_path / "foreign"))
+    foreign = _tiny(tmp_path, folder).replace(output=str(tmp_path / "foreign"))
     (tmp_path / "foreign" / "dataset").mkdir()
     (tmp_path / "foreign" / "dataset" / "x.parquet").write_bytes(b"theirs")
     compress(foreign, until="embed", overwrite=True)

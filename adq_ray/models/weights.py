@@ -33,7 +33,9 @@ def load_state_dict(uri: str) -> dict[str, torch.Tensor]:
     try:
         checkpoint: Any = torch.load(blob, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError (code in the pickle), RuntimeError/EOFError (not a checkpoint)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        # torch's weights_only refusal names what it refused on an "Unsupported ..." line
+        first = next((line for line in lines if line.startswith("Unsupported")), lines[0] if lines else repr(err))
         raise WeightsError(
             f"weights {uri!r} are not a plain checkpoint of tensors (refused by torch.load(weights_only=True): "
             f"{first}); save the model with torch.save(model.state_dict(), path)"

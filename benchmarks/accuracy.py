@@ -2,15 +2,16 @@
 
 Two steps (see benchmarks/README.md):
 
-  prepare  (CPU, Ray; ~15-25 min on 2 cores): extract all of CIFAR-10 (50,000 train / 10,000 test) from
-           ../shared/data, run the pipeline once (`compress`, rho 1, every image through embed, bins and the
-           patch stage at 32 px in 4 px patches), draw every arm's selection from the cached scores and bins
-           with `adq_ray.quotas.select` (checked against the pipeline's own select stage), and save the plan:
-           per-image keep masks and per-arm selections (a few hundred KB, `benchmarks/accuracy_plan.npz`).
-  train    (no Ray; CPU or one GPU): decode CIFAR-10 once from the tarball into memory, fill the dropped
-           patches (mean colour, as `read_reconstructed` without MAE, or an MAE checkpoint), and train every
-           (arm, ratio, seed) run with `adq_ray.evaluate.train.fit`, several processes at once; write a
-           JSON of every run and a Markdown table of mean +- std.
+  prepare  extract CIFAR-10's 50,000 training images (or the first --per-class of each class) from
+           ../shared/data, compute every per-sample quantity of the pipeline at 32 px in 4 px patches
+           (embedding, texture, view sums, GradCAM++ keep masks, bins) with the stages' own classes in worker
+           processes (`--engine ray`: through `compress` on Ray, checked against its select stage), draw
+           every arm's selection with `adq_ray.quotas.select`, and save the plan (keep masks and selections,
+           a few hundred KB). Needs no Ray; on a GPU it takes a minute or two, on 2 busy CPU cores an hour.
+  train    (no Ray; CPU or one GPU): decode the plan's images once from the tarball into memory, fill the
+           dropped patches (mean colour, as `read_reconstructed` without MAE, or an MAE checkpoint), and
+           train every (arm, ratio, seed) with `adq_ray.evaluate.loop.fit`, several processes at once; write
+           a JSON of every run and a Markdown table of mean +- std.
 
 Arms at one data keep ratio k (DQ's "data keep ratio" = sample ratio x kept patches / all patches), all
 with exactly B = floor(rho |D| + 0.5) images, rho = k / (51/64):
@@ -47,7 +48,7 @@ from adq_ray.evaluate.loop import Recipe, best_epoch, fit  # noqa: E402 - plain 
 SHARED = ROOT.parent / "shared"
 TAR = SHARED / "data" / "cifar10-jpeg.tar.gz"
 WEIGHTS = SHARED / "weights" / "resnet20-12fca82f.th"
-PLAN = ROOT / "benchmarks" / "accuracy_plan.npz"
+PLAN = ROOT / "runs" / "accuracy" / "accuracy_plan.npz"
 PATCH_IMAGE_SIZE, PATCH_SIZE, MASK_RATIO = 32, 4, 0.2
 GRID = PATCH_IMAGE_SIZE // PATCH_SIZE
 KEPT = math.floor(GRID**2 * (1 - MASK_RATIO) + 1e-9)  # 51 of 64
@@ -60,7 +61,7 @@ RECIPES = {
     # The spec's recipe (section 6) on one GPU; epochs are fitted to the time budget unless given.
     "gpu": Recipe(model="resnet18_cifar", epochs=200, batch_size=128, lr=0.1),
     # Small enough for the 2-core box: CIFAR ResNet-20, few epochs, batch 128.
-    "cpu": Recipe(model="cifar_resnet20", epochs=8, batch_size=128, lr=0.1),
+    "cpu": Recipe(model="cifar_resnet20", epochs=30, batch_size=128, lr=0.1),
 }
 
 
@@ -108,13 +109,14 @@ def minmax_quotas(sizes, rep, div, rho: float, alpha: float):
     return largest_remainder(floors.long(), ideal - floors, sizes, b)
 
 
-def compute_in_process(config, procs: int = 2, chunk: int = 1000) -> dict[str, Any]:
+def compute_in_process(config, procs: int = 2, chunk: int = 500, per_class: int = 0) -> dict[str, Any]:
     """Every per-sample quantity of the pipeline's stages, with the stages' own classes, in `procs` processes.
 
     The listing (`list_inputs`), decode (`decode_image` at 32 px), `Embedder.embed` (texture, embedding,
     view sums, seeded by sample id), `PatchSelector.select` (GradCAM++ keep indices) and `assign_bins` over
     the classes are what the Ray stages call per batch; only the Ray scheduling is left out (on the shared
-    2-core box another job's `ray stop --force` killed two Ray runs of the embed stage).
+    2-core box another job's `ray stop --force` killed two Ray runs of the embed stage). `per_class` > 0:
+    only the first `per_class` images of each class (by name), binned and returned on their own.
     """
     from adq_ray.bins.graphcut import assign_bins
     from adq_ray.ingest import list_inputs
@@ -123,20 +125,35 @@ def compute_in_process(config, procs: int = 2, chunk: int = 1000) -> dict[str, A
     table = list_inputs(config).table.sort_by("sample_id")
     sample_ids = table["sample_id"].to_numpy()
     paths, labels = table["path"].to_pylist(), table["label"].to_numpy()
-    tasks = [(paths[i : i + chunk], sample_ids[i : i + chunk]) for i in range(0, len(paths), chunk)]
-    parts = []
+    cache = Path(config.cache) / "chunks"  # one file per chunk: a killed run resumes
+    cache.mkdir(parents=True, exist_ok=True)
+    tasks = [
+        (paths[i : i + chunk], sample_ids[i : i + chunk], str(cache / f"{i // chunk:04d}.npz"))
+        for i in range(0, len(paths), chunk)
+    ]
+    labels_all = labels
+    rank = np.zeros(len(labels), dtype=np.int64)  # position of each sample within its class, in listing order
+    for c in np.unique(labels):
+        rank[labels == c] = np.arange(int((labels == c).sum()))
+    subset = rank < per_class if per_class else np.ones(len(labels), bool)
+    wanted = [i for i, task in enumerate(tasks) if subset[i * chunk : i * chunk + len(task[0])].any()]
+    todo = [tasks[i] for i in wanted if not Path(tasks[i][2]).exists()]
     with mp.get_context("spawn").Pool(procs, _embed_init, (config, int(labels.max()) + 1)) as pool:
-        for part in pool.imap(_embed_chunk, tasks):
-            parts.append(part)
-            if len(parts) % 5 == 0:
-                print(
-                    f"  embedded + CAM {sum(len(p['texture']) for p in parts)} ({time.perf_counter() - t0:.0f} s)",
-                    flush=True,
-                )
-    out = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+        for done, _ in enumerate(pool.imap_unordered(_embed_chunk, todo), 1):
+            if done % 5 == 0:
+                print(f"  embedded + CAM {done} of {len(todo)} chunks ({time.perf_counter() - t0:.0f} s)", flush=True)
+    parts = [dict(np.load(tasks[i][2])) for i in wanted]
+    rows = np.concatenate([np.arange(i * chunk, i * chunk + len(tasks[i][0])) for i in wanted])
+    keep_rows = subset[rows]
+    out = {key: np.concatenate([p[key] for p in parts])[keep_rows] for key in parts[0]}
+    sample_ids, labels = sample_ids[rows][keep_rows], labels_all[rows][keep_rows]
+    paths = [paths[i] for i in rows[keep_rows]]
     labels_t = torch.from_numpy(labels.astype(np.int64))
     embedding = torch.from_numpy(out["embedding"])
-    bins = assign_bins(embedding, labels_t, config.num_bins, max_group=config.max_group, seed=config.seed)
+    device = "cuda" if torch.cuda.is_available() else None
+    bins = assign_bins(
+        embedding, labels_t, config.num_bins, max_group=config.max_group, seed=config.seed, device=device
+    )
     print(f"binned ({time.perf_counter() - t0:.0f} s)", flush=True)
     return {
         "sample_ids": sample_ids,
@@ -160,19 +177,23 @@ def _embed_init(config, num_classes: int) -> None:
     _STAGES.update(embedder=Embedder(config, num_classes), selector=PatchSelector(config))
 
 
-def _embed_chunk(task: tuple[list[str], np.ndarray]) -> dict[str, np.ndarray]:
+def _embed_chunk(task: tuple[list[str], np.ndarray, str]) -> str:
     from adq_ray.ingest.decode import decode_image
 
-    paths, ids = task
+    paths, ids, target = task
     images = np.stack([decode_image(Path(p).read_bytes(), 32, 2**31, 2**31).image for p in paths])
     out = _STAGES["embedder"].embed(torch.from_numpy(images).permute(0, 3, 1, 2), ids)
     kept = _STAGES["selector"].select(images, np.zeros(len(images), bool))[0]
-    return {
+    part = {
         "texture": out["texture"].numpy(),
         "embedding": out["embedding"].numpy(),
         "view_sum": out["view_sum"].numpy(),
         "kept_idx": kept,
     }
+    staging = f"{target}.tmp.npz"
+    np.savez(staging, **part)
+    os.replace(staging, target)
+    return target
 
 
 def compute_with_ray(config, num_cpus: int) -> dict[str, Any]:
@@ -206,7 +227,9 @@ def compute_with_ray(config, num_cpus: int) -> dict[str, Any]:
     }
 
 
-def prepare(work: Path, tar: Path, weights: Path, plan_path: Path, num_cpus: int, engine: str = "process") -> None:
+def prepare(
+    work: Path, tar: Path, weights: Path, plan_path: Path, num_cpus: int, engine: str = "process", per_class: int = 0
+) -> None:
     from adq_ray.ingest.cifar import extract_cifar_subset
     from adq_ray.quotas import select
     from adq_ray.quotas.adq import draw, split_over_classes
@@ -216,7 +239,11 @@ def prepare(work: Path, tar: Path, weights: Path, plan_path: Path, num_cpus: int
     extract_cifar_subset(tar, work / "cifar10" / "train", per_class=5000, split="train")
     print(f"extracted ({time.perf_counter() - t0:.0f} s)", flush=True)
     config = pipeline_config(work, weights)
-    data = compute_with_ray(config, num_cpus) if engine == "ray" else compute_in_process(config, num_cpus)
+    data = (
+        compute_with_ray(config, num_cpus)
+        if engine == "ray"
+        else compute_in_process(config, num_cpus, per_class=per_class)
+    )
     print(f"per-sample quantities ({engine}, {time.perf_counter() - t0:.0f} s)", flush=True)
     sample_ids, names, labels, bins = data["sample_ids"], data["names"], data["labels"], data["bins"]
     texture, view_sum = data["texture"], data["view_sum"]
@@ -274,6 +301,7 @@ def prepare(work: Path, tar: Path, weights: Path, plan_path: Path, num_cpus: int
         "counts": {key: int(value.sum()) for key, value in selections.items()},
         "n": len(sample_ids),
         "engine": engine,
+        "per_class": per_class or 5000,
     }
     keys = sorted(selections)
     np.savez_compressed(
@@ -321,15 +349,20 @@ def load_plan(path: Path) -> dict[str, Any]:
         }
 
 
-def decode_split(tar: Path, split: str) -> dict[str, np.ndarray]:
-    """Every image of one split, decoded as the pipeline does (adq_ray.ingest.decode at 32 px), by name."""
+def decode_split(tar: Path, split: str, names: set[str] | None = None) -> dict[str, np.ndarray]:
+    """The images of one split (those in `names`, or all), decoded as the pipeline does (32 px), by name."""
     from adq_ray.ingest.decode import decode_image
 
     out = {}
     with tarfile.open(tar, "r|*") as stream:
         for member in stream:
             parts = member.name.removeprefix("./").split("/")
-            if member.isfile() and len(parts) == 3 and parts[0] == split:
+            if (
+                member.isfile()
+                and len(parts) == 3
+                and parts[0] == split
+                and (names is None or "/".join(parts[1:]) in names)
+            ):
                 decoded = decode_image(stream.extractfile(member).read(), 32, 2**31, 2**31)
                 out["/".join(parts[1:])] = decoded.image
     return out
@@ -480,6 +513,7 @@ def train(args: argparse.Namespace) -> None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     recipe = RECIPES[args.recipe]
     changes = {"epochs": args.epochs, "batch_size": args.batch_size, "model": args.model, "test_every": args.test_every}
+    changes["lr"] = args.lr
     recipe = recipe.replace(**{k: v for k, v in changes.items() if v})
     jobs = runs_for(plan, args.arms, args.ratios, args.seeds, args.side_arms, args.side_ratios, args.full_seeds)
     out = Path(args.out)
@@ -489,9 +523,12 @@ def train(args: argparse.Namespace) -> None:
     finished = {(r["arm"], r["keep_ratio"], r["seed"], r.get("fill")) for r in done}
     jobs = [j for j in jobs if (j["arm"], j["keep_ratio"], j["seed"], args.fill) not in finished]
 
-    train_split, test_split = decode_split(args.tar, "train"), decode_split(args.tar, "test")
+    train_split, test_split = decode_split(args.tar, "train", set(plan["names"])), decode_split(args.tar, "test")
     images = np.stack([train_split[name] for name in plan["names"]])
     test_names = sorted(test_split)
+    if args.test_per_class:  # the first N test images of each class, by name
+        ranks = _rank_in_class(test_names)
+        test_names = [name for name in test_names if ranks[name] < args.test_per_class]
     classes = sorted({name.split("/")[0] for name in plan["names"]})
     arrays = {
         "images": images,
@@ -555,6 +592,17 @@ def train(args: argparse.Namespace) -> None:
     print(f"total {time.perf_counter() - start:.0f} s", flush=True)
 
 
+def _rank_in_class(names: list[str]) -> dict[str, int]:
+    """Position of each sorted name `<class>/<file>` within its class."""
+    seen: dict[str, int] = {}
+    ranks = {}
+    for name in names:
+        c = name.split("/")[0]
+        ranks[name] = seen.get(c, 0)
+        seen[c] = ranks[name] + 1
+    return ranks
+
+
 def markdown(results: list[dict[str, Any]], plan: dict[str, Any] | None = None) -> str:
     """Mean +- std (over seeds) of final and best test accuracy per (arm, keep ratio, fill)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -584,6 +632,32 @@ def _mean_std(values: list[float]) -> str:
     return f"{mean:.2f} +- {100 * statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
 
 
+def bin_report(plan: dict[str, Any]) -> str:
+    """ADQ's per-bin numbers at 10% (seed 0), the spread of the importances, and the quotas of every arm."""
+    tables = plan["meta"]["bin_tables"]
+    adq = tables["adq-k0.1-s0"]
+    imp = [row["importance"] for row in adq]
+    mean = statistics.fmean(imp)
+    lines = [
+        "| bin | size | Rep (mean TL) | Div | importance | share r_n | quota ADQ (a=0.7) | DQ (a=0) | a=0.5 | a=1 "
+        "| min-max a=0.7 | dq-cell |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n, row in enumerate(adq):
+        quotas = [tables[key][n]["quota"] for key in ("dq-k0.1-s0", "adq-a0.5-k0.1-s0", "adq-a1.0-k0.1-s0")]
+        minmax = tables["adq-minmax-k0.1-s0"]["quota"][n]
+        cell = tables["dqcell-k0.1-s0"][n]["quota"]
+        lines.append(
+            f"| {n} | {row['size']:,} | {row['rep']:.4f} | {row['div']:.4f} | {row['importance']:.4f} | "
+            f"{row['share']:.4f} | {row['quota']:,} | {' | '.join(f'{q:,}' for q in quotas)} | {minmax:,} | {cell:,} |"
+        )
+    spread = f"importances {min(imp):.4f}..{max(imp):.4f} (mean {mean:.4f}: {100 * (min(imp) / mean - 1):+.1f}% .. "
+    spread += f"{100 * (max(imp) / mean - 1):+.1f}%)"
+    counts = plan["meta"]["counts"]
+    totals = ", ".join(f"{key.split('-k')[0]} {counts[key]:,}" for key in sorted(counts) if key.endswith("k0.1-s0"))
+    return "\n".join(lines) + f"\n\n{spread}; images kept at 10% (seed 0): {totals}\n"
+
+
 # --------------------------------------------------------------------------------------------------------- main
 
 
@@ -596,6 +670,7 @@ def main(argv: list[str] | None = None) -> None:
     pr.add_argument("--weights", type=Path, default=WEIGHTS)
     pr.add_argument("--plan", type=Path, default=PLAN)
     pr.add_argument("--num-cpus", type=int, default=2)
+    pr.add_argument("--per-class", type=int, default=0, help="plan for the first N training images per class (0: all)")
     pr.add_argument(
         "--engine",
         choices=["process", "ray"],
@@ -617,6 +692,8 @@ def main(argv: list[str] | None = None) -> None:
     tr.add_argument("--mae", default="", help="arch:checkpoint for --fill mae (from `adq train-mae`)")
     tr.add_argument("--epochs", type=int, default=0, help="0: the recipe's, or fitted to --budget-s")
     tr.add_argument("--batch-size", type=int, default=0)
+    tr.add_argument("--lr", type=float, default=0, help="0: the recipe's")
+    tr.add_argument("--test-per-class", type=int, default=0, help="test on the first N test images per class (0: all)")
     tr.add_argument("--test-every", type=int, default=0, help="test every N epochs and after the last (recipe's)")
     tr.add_argument("--model", default="")
     tr.add_argument("--device", default="")
@@ -625,16 +702,20 @@ def main(argv: list[str] | None = None) -> None:
     tr.add_argument("--budget-s", type=float, default=0, help="fit the epochs to this wall time (GPU)")
     tr.add_argument("--efficiency", type=float, default=0.8, help="expected share of the calibrated rate")
     tr.add_argument("--resume", action="store_true", help="keep finished runs in --out")
+    bn = sub.add_parser("bins", help="print ADQ's per-bin numbers and every arm's quotas from the plan")
+    bn.add_argument("--plan", type=Path, default=PLAN)
     tb = sub.add_parser("table", help="print the table of a finished run's accuracy_runs.json")
     tb.add_argument("runs", type=Path, nargs="+")
     args = p.parse_args(argv)
     if args.command == "prepare":
         args.work.mkdir(parents=True, exist_ok=True)
-        prepare(args.work, args.tar, args.weights, args.plan, args.num_cpus, args.engine)
+        prepare(args.work, args.tar, args.weights, args.plan, args.num_cpus, args.engine, args.per_class)
     elif args.command == "train":
         if args.fill == "mae" and not args.mae:
             raise SystemExit("--fill mae needs --mae arch:checkpoint")
         train(args)
+    elif args.command == "bins":
+        print(bin_report(load_plan(args.plan)))
     else:
         print(markdown([r for path in args.runs for r in json.loads(path.read_text())]))
 

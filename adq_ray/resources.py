@@ -90,9 +90,11 @@ def batch_size(config: Config, stage: str) -> int:
     (GPU_BYTES_PER_IMAGE[stage] x (size / 224)^2), within [64, 1024] (an 80 GB H100: 1024 for embed, 512 for
     patches at 224 px). The device memory is read on the driver when it sees a GPU, else by a one-GPU probe task.
     """
+    import torch
+
     if config.batch_size > 0:
         return config.batch_size
-    if not gpus(config):
+    if config.device == "cpu" or not (torch.cuda.is_available() or gpus(config)):
         return CPU_BATCH
     size = config.image_size if stage == "embed" else (config.cam_image_size or config.patch_image_size)
     per_image = GPU_BYTES_PER_IMAGE[stage] * (size / 224) ** 2

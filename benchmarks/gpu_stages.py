@@ -32,20 +32,27 @@ from adq_ray.models import create_model, normalize  # noqa: E402
 from adq_ray.patches.gradcam import GradCAMPlusPlus  # noqa: E402
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn, repeat: int = 1) -> float:
     """Best wall seconds of `repeat` runs of fn(), CUDA synchronised."""
     best = float("inf")
     for _ in range(repeat):
-        torch.cuda.synchronize()
+        sync()
         t = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        sync()
         best = min(best, time.perf_counter() - t)
     return best
 
 
 def per_image_bytes(fn, batch: int) -> float:
-    """Peak CUDA memory of fn() above what was allocated before, per image of its batch."""
+    """Peak CUDA memory of fn() above what was allocated before, per image of its batch (0 without CUDA)."""
+    if not torch.cuda.is_available():
+        return 0.0
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -63,8 +70,9 @@ def main() -> None:
     p.add_argument("--embed-images", type=int, default=20_000, help="images for the Embedder.embed ceiling")
     p.add_argument("--cam-images", type=int, default=8_000, help="images for the GradCAM++ ceiling")
     p.add_argument("--out", default="gpu_stages.md")
+    p.add_argument("--device", default="cuda", help="cpu only to smoke-test this script")
     args = p.parse_args()
-    device = torch.device("cuda")
+    device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
     summary = json.loads((Path(args.job_output) / "summary.json").read_text())
     job_config = json.loads((Path(args.job_output) / "config.json").read_text())
@@ -78,8 +86,8 @@ def main() -> None:
         backbone_weights="random",
         cam_model="resnet18",
         cam_weights="random",
-        device="cuda",
-        decode_device="cuda",
+        device=args.device,
+        decode_device=args.device,
     )
     embed_batch = batch_size(config, "embed")
     cam_batch = batch_size(config, "patches")
@@ -88,9 +96,13 @@ def main() -> None:
     blobs = [Path(p).read_bytes() for p in paths]
     read_s = time.perf_counter() - t
     n = len(blobs)
+    gpu = (
+        f"{torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB"
+        if device.type == "cuda"
+        else "none (smoke test)"
+    )
     lines = [
-        f"GPU: {torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB; "
-        f"{os.cpu_count()} CPUs; torch {torch.__version__}; load {os.getloadavg()[0]:.1f}",
+        f"GPU: {gpu}; {os.cpu_count()} CPUs; torch {torch.__version__}; load {os.getloadavg()[0]:.1f}",
         f"Images: {n:,} JPEGs from {args.input} ({sum(map(len, blobs)) / n:.0f} B average; read in {read_s:.1f} s); "
         f"size {args.image_size}; batch sizes: embed {embed_batch}, patches {cam_batch} (resources.batch_size); "
         f"job batch_size field: {job_config.get('batch_size')}",

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from scale import start_ray  # noqa: E402
 from synth import write_folder  # noqa: E402
 
 from adq_ray.config import Config  # noqa: E402
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+        start_ray(args.num_cpus)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs")

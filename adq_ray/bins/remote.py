@@ -19,9 +19,11 @@ from adq_ray.embed.store import open_embeddings, read_embeddings
 from adq_ray.quotas.scores import BinSums, bin_sums, cell_sums
 from adq_ray.tables import fixed_size_list, to_matrix
 
-# Vector bytes (embedding + view sum [+ grad], float32) read per chunk of classes: a CPU task's peak is a few
-# times this plus assign_bins' 256 MiB similarity block; a GPU task batches more classes per kernel launch.
-CHUNK_BYTES = {"cpu": 64 * 2**20, "cuda": 1024 * 2**20}
+# Vector bytes (embedding + view sum [+ grad], float32) read per chunk of classes, and the similarity block of
+# assign_bins: a CPU task's peak is a few times each (transient copies) over the process's ~0.5 GB of Python,
+# torch and Ray; a GPU task batches more classes per kernel launch (its block: assign_bins' own default).
+CHUNK_BYTES = {"cpu": 32 * 2**20, "cuda": 1024 * 2**20}
+CPU_BLOCK_BYTES = 64 * 2**20
 
 
 def bin_classes(
@@ -55,7 +57,8 @@ def bin_classes(
         part, cell = _bin_chunk(table, class_sizes, num_bins, max_group, features, seed, device)
         samples.append(part)
         cells.append(cell)
-        del table  # before the next chunk is read
+        del table  # before the next chunk is read; Arrow's allocator gives the pages back
+        pa.default_memory_pool().release_unused()
     return pa.concat_tables(samples), pa.concat_tables(cells)
 
 
@@ -78,6 +81,7 @@ def _bin_chunk(
         class_sizes=class_sizes,
         device=device,
         seed=seed,
+        block_bytes=CPU_BLOCK_BYTES if device.type == "cpu" else None,
     )
     bins = result.bin.cpu()
     texture = torch.from_numpy(np.array(table["texture"].to_numpy()))

@@ -188,8 +188,13 @@ class OutputLock:
         self.acquire()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def __exit__(self, kind: object, *exc: object) -> None:
+        try:
+            self.release()
+        except Exception as err:  # the store is failing: never mask the error that ended the run
+            if kind is None:
+                raise
+            log.warning("could not release the lock %s: %s", redact(self.uri), redact(str(err)))
 
     def _record(self) -> dict[str, Any]:
         return {**owner(), "run": self.run, "started": _now(), "expires": time.time() + self.lease}

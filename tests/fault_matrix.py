@@ -64,7 +64,8 @@ def outcome(config: Config) -> str:
     return "_SUCCESS; " + ", ".join(f"{s} {statuses.count(s)}" for s in sorted(set(statuses)))
 
 
-def attempt(label: str, config: Config) -> None:
+def attempt(label: str, config: Config, recover=None) -> None:
+    """Run `compress(config)`, then `recover()` (the endpoint back) and print the row."""
     start = time.monotonic()
     try:
         compress(config)
@@ -73,7 +74,10 @@ def attempt(label: str, config: Config) -> None:
         result = f"adq: error: {err}"
     except Exception as err:  # noqa: BLE001 - reported, not hidden
         result = f"TRACEBACK {type(err).__name__}: {err}"
-    print(f"| {label} | {time.monotonic() - start:.0f} s | {outcome(config)} | {result} |", flush=True)
+    took = time.monotonic() - start
+    if recover is not None:
+        recover()
+    print(f"| {label} | {took:.0f} s | {outcome(config)} | {result} |", flush=True)
 
 
 def main(rows: list[str]) -> None:
@@ -103,15 +107,13 @@ def main(rows: list[str]) -> None:
         config = Config(input="s3://matrix/train", output=str(tmp / "down-embed"), **TINY)
         proxy.seen.clear()
         when_seen(proxy, "/matrix/train/class_", proxy.down)
-        attempt("endpoint down during embed (defaults)", config)
-        proxy.up()
+        attempt("endpoint down during embed (defaults)", config, proxy.up)
         attempt("  same command after recovery", config)
     if "down-write" in rows:
         config = Config(input=str(folder), output="s3://out/run", **TINY)
         proxy.seen.clear()
-        when_seen(proxy, "/out/run/dataset.tmp-", proxy.down)
-        attempt("endpoint down during the patch write (defaults)", config)
-        proxy.up()
+        proxy.down_on("/out/run/dataset.tmp-", ".parquet")  # the patch stage's Ray Data write
+        attempt("endpoint down during the patch write (defaults)", config, proxy.up)
         attempt("  same command after recovery", config)
     ray.shutdown()
     proxy.close()

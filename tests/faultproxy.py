@@ -5,6 +5,7 @@ Put it in front of moto's ThreadedMotoServer and point `AWS_ENDPOINT_URL` at `pr
     proxy.fail(-1, prefix="/b/cat/")   # every request under that key prefix gets 503 until `heal()`
     proxy.stall(prefix="/b/cat/")      # requests there get no answer (until `heal()` or `max_stall`)
     proxy.down() / proxy.up()          # close / reopen the listening port: connection refused
+    proxy.down_on("/b/out/", ".parquet")  # the first such request kills the endpoint (dropped, then refused)
 Every forwarded request carries `Connection: close`, so each request arrives on its own connection and
 is seen (and counted) by the proxy. Not a general proxy: enough HTTP for the S3 clients in the tests.
 """
@@ -26,12 +27,14 @@ SLOW_DOWN = (
 
 @dataclass
 class Rule:
-    """Requests whose path starts with `prefix` get `action` ("fail" or "stall"), `remaining` times (-1: always)."""
+    """Requests whose path starts with `prefix` (and ends with `suffix`) get `action` ("fail", "stall" or
+    "down"), `remaining` times (-1: always)."""
 
     action: str
     prefix: str
     remaining: int
     status: int = 503
+    suffix: str = ""
 
 
 class FaultProxy:
@@ -66,6 +69,11 @@ class FaultProxy:
         with self._lock:
             self._healed.clear()
             self.rules.append(Rule("stall", prefix, times))
+
+    def down_on(self, prefix: str, suffix: str = "") -> None:
+        """The first request under `prefix` ending with `suffix` is dropped unanswered and the proxy goes `down()`."""
+        with self._lock:
+            self.rules.append(Rule("down", prefix, 1, suffix=suffix))
 
     def heal(self) -> None:
         """Drop every rule and release stalled requests; a `down()` proxy stays down (see `up`)."""
@@ -125,9 +133,9 @@ class FaultProxy:
         with self._lock:
             outcome = "forwarded"
             for rule in self.rules:
-                if path.startswith(rule.prefix) and rule.remaining != 0:
+                if path.startswith(rule.prefix) and path.endswith(rule.suffix) and rule.remaining != 0:
                     rule.remaining -= rule.remaining > 0
-                    outcome = rule.action if rule.action == "stall" else f"fail:{rule.status}"
+                    outcome = f"fail:{rule.status}" if rule.action == "fail" else rule.action
                     break
             self.seen.append((method, path, outcome.split(":")[0]))
             return outcome
@@ -144,6 +152,9 @@ class FaultProxy:
             method, target = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")[:2]
             path = unquote(urlsplit(target).path)
             outcome = self._decide(method, path)
+            if outcome == "down":
+                self.down()
+                return
             if outcome == "stall":
                 deadline = time.monotonic() + self.max_stall
                 while not self._healed.wait(0.05) and time.monotonic() < deadline and not self._closed:

@@ -13,6 +13,7 @@ turns whatever storage failure ends it into one clear error.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -45,8 +46,11 @@ class StallError(UserError):
     """A stage made no progress for `stall_seconds`: it is stopped, nothing is committed."""
 
 
-class Stalled(RuntimeError):
-    """Raised inside Ray Data's scheduling loop by `StallGuard`; `translate` makes it a `StallError`."""
+class Stalled(ExecutionTimeoutError):
+    """Raised inside Ray Data's scheduling loop by `StallGuard`; `translate` makes it a `StallError`.
+
+    A kind of Ray's own no-progress error, so Ray Data reports it as actionable, not as an internal bug.
+    """
 
 
 class StallGuard(ExecutionCallback):
@@ -109,6 +113,8 @@ def watch(config: Config, stage: str) -> Iterator[None]:
         clear = translate(err, config, stage)
         if clear is None:
             raise
+        # The store is failing: the cleanup that follows (staging, lock) tries each call once, not for minutes.
+        storage.configure(dataclasses.replace(storage.policy(), attempts=1, deadline=0.0))
         raise clear from err
     finally:
         context.set_config(STALL_KEY, saved[0])
@@ -158,18 +164,20 @@ def _endpoints(config: Config) -> str:
 
 
 def _health(config: Config) -> str:
-    """What the object stores of the run say to one quick request (the likely reason for a stall)."""
-    notes = []
-    for uri in dict.fromkeys(u for u in (config.input, config.output, config.cache_uri) if storage.is_remote(u)):
+    """What each object-store endpoint of the run says to one quick request (the likely reason for a stall)."""
+    notes: dict[str, str] = {}
+    for uri in (config.output, config.input, config.cache_uri):
         where = storage.endpoint(uri)
+        if not storage.is_remote(uri) or where in notes:
+            continue
         previous = storage.policy()
         storage.configure(_PROBE)
         try:
             fs, path = storage.resolve(uri)
             fs.get_file_info(path)
-            notes.append(f"endpoint {where} answers for {uri}")
+            notes[where] = f"endpoint {where} answers for {uri}"
         except OSError as probe:
-            notes.append(f"endpoint {where} fails for {uri}: {' '.join(str(probe).split())}")
+            notes[where] = f"endpoint {where} fails for {uri}: {' '.join(str(probe).split())}"
         finally:
             storage.configure(previous)
-    return "; ".join(dict.fromkeys(notes)) or "the output and input are local (see the Ray logs)"
+    return "; ".join(notes.values()) or "the output and input are local (see the Ray logs)"

@@ -8,6 +8,7 @@ stall limit come from the Config, set small here so each fault costs seconds.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -138,7 +139,9 @@ def test_connection_refused_is_one_clear_error_within_the_timeout(proxy, tmp_pat
     assert done.returncode == 2, done.stderr
     assert lines[-1].startswith("adq: error: object store:") and f"127.0.0.1:{proxy.port}" in lines[-1], lines
     assert "transient" in lines[-1]
-    assert elapsed < 40  # 2 x 2 tries of a refused connection plus backoff, plus the interpreter's start
+    retrying = float(re.search(r"over (\d+) s", lines[-1]).group(1))
+    assert retrying <= 10, lines[-1]  # 2 operation tries x 2 SDK tries of a refused connection, with backoff
+    assert elapsed < 100  # plus the interpreter's start (torch, Ray imports) on a loaded 2-core machine
     assert not storage.exists(storage.join(cfg.output, storage.SUCCESS))
 
 

@@ -113,6 +113,7 @@ def compress(config: Config, until: str = "write", overwrite: bool = False) -> d
     """
     if until not in STAGES:
         raise ConfigError(f"until must be one of {', '.join(STAGES)}, got {until!r}")
+    storage.configure(storage.RetryPolicy.of(config))  # this run's retries and timeouts, from its first call
     ownership.check_paths(config)
     ownership.check_output(config, overwrite)  # read-only: refuse a foreign output before listing
     check_weights(config)

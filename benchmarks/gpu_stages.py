@@ -88,6 +88,8 @@ def main() -> None:
         cam_weights="random",
         device=args.device,
         decode_device=args.device,
+        patch_image_size=job_config.get("patch_image_size", 224),
+        patch_size=job_config.get("patch_size", 16),
     )
     embed_batch = batch_size(config, "embed")
     cam_batch = batch_size(config, "patches")
@@ -114,8 +116,9 @@ def main() -> None:
 
     def decode_all(limit: int | None = None) -> list[torch.Tensor]:
         out = []
-        for s in range(0, limit or n, embed_batch):
-            out.extend(decode_jpegs(blobs[s : s + embed_batch], args.image_size, device))
+        end = limit or n
+        for s in range(0, end, embed_batch):
+            out.extend(decode_jpegs(blobs[s : min(s + embed_batch, end)], args.image_size, device))
         return out
 
     decode_all(embed_batch)  # warm-up

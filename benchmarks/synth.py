@@ -46,7 +46,7 @@ def synth_image(seed: int, c: int, i: int, size: int) -> np.ndarray:
 def write_folder(root: str | Path, images: int, classes: int, size: int = 32, seed: int = 0, quality: int = 90) -> Path:
     """`images` JPEGs spread evenly over `classes` folders under root (kept if already complete)."""
     root = Path(root)
-    done = root / ".complete"
+    done = root.parent / f"{root.name}.complete"  # beside the folder: every file inside it is an input
     if done.exists() and done.read_text() == f"{images} {classes} {size} {seed} {quality}":
         return root
     per_class = [images // classes + (c < images % classes) for c in range(classes)]

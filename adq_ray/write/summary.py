@@ -64,10 +64,10 @@ def summary(config: Config, manifest: pa.Table, bin_table: list[dict], stages: d
 
 def _kept_per_class(manifest: pa.Table) -> dict[str, int]:
     """Kept images per class over the valid inputs: number of classes, min, max, classes with none kept."""
-    status = manifest["status"].to_numpy(zero_copy_only=False)
-    valid = (status == KEPT) | (status == NOT_SELECTED)
-    labels = torch.from_numpy(np.asarray(manifest["label"].to_numpy())[valid])
-    return class_count_summary(labels, torch.from_numpy(status[valid] == KEPT))
+    kept = pc.equal(manifest["status"], KEPT)  # in Arrow: no Python string per row (14M rows at ImageNet-21K)
+    valid = pc.or_(kept, pc.equal(manifest["status"], NOT_SELECTED))
+    labels = torch.from_numpy(np.array(manifest["label"].filter(valid).to_numpy()))
+    return class_count_summary(labels, torch.from_numpy(kept.filter(valid).to_numpy(zero_copy_only=False).copy()))
 
 
 def report(config: Config, eval_rows: list[dict] | None = None, layout: Layout | None = None) -> str:

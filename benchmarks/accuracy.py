@@ -185,10 +185,10 @@ def _embed_chunk(task: tuple[list[str], np.ndarray, str]) -> str:
     out = _STAGES["embedder"].embed(torch.from_numpy(images).permute(0, 3, 1, 2), ids)
     kept = _STAGES["selector"].select(images, np.zeros(len(images), bool))[0]
     part = {
-        "texture": out["texture"].numpy(),
-        "embedding": out["embedding"].numpy(),
-        "view_sum": out["view_sum"].numpy(),
-        "kept_idx": kept,
+        "texture": out["texture"].cpu().numpy(),
+        "embedding": out["embedding"].cpu().numpy(),
+        "view_sum": out["view_sum"].cpu().numpy(),
+        "kept_idx": kept.cpu().numpy() if torch.is_tensor(kept) else np.asarray(kept),
     }
     staging = f"{target}.tmp.npz"
     np.savez(staging, **part)

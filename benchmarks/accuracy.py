@@ -550,13 +550,16 @@ def train(args: argparse.Namespace) -> None:
         if args.budget_s and not args.epochs:
             rates = pool.map(_calibrate, [{"recipe": recipe}] * args.procs, chunksize=1)
             rate = sum(rates)
-            images_per_epoch = sum(job["n"] for job in jobs)
-            test = len(jobs) * len(test_names) / 3  # one test of every run, in training-image equivalents
-            work = (args.budget_s - (time.perf_counter() - start) - 30) * rate * args.efficiency
-            if device == "cpu" and not args.test_every:  # CPUs: test at the middle and the last epoch only
-                epochs = int((work - 2 * test) / images_per_epoch)
-            else:
-                epochs = int(work / (images_per_epoch + test / (args.test_every or recipe.test_every)))
+            # The pool runs the jobs largest first; the longest process sets the wall time. Each process is
+            # assumed to keep its calibrated share (rate / procs) even when others have finished (conservative:
+            # an H200 run that packed 9 equal runs on 6 processes by total work alone ran out of time).
+            test = len(test_names) / 3  # one test of one run, in training-image equivalents
+            cpu_tests = device == "cpu" and not args.test_every  # CPUs: test at the middle and the last epoch
+            every = args.test_every or recipe.test_every
+            per_epoch = _makespan([job["n"] + (0 if cpu_tests else test / every) for job in jobs], args.procs)
+            fixed = _makespan([2 * test if cpu_tests else 0.0 for _ in jobs], args.procs)
+            work = (args.budget_s - (time.perf_counter() - start) - 30) * rate / args.procs * args.efficiency
+            epochs = int((work - fixed) / per_epoch)
             epochs = max(2, min(recipe.epochs, epochs))
             recipe = recipe.replace(epochs=epochs)
             if device == "cpu" and not args.test_every:
@@ -590,6 +593,14 @@ def train(args: argparse.Namespace) -> None:
     (out / "accuracy.md").write_text(table)
     print(table)
     print(f"total {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def _makespan(costs: list[float], procs: int) -> float:
+    """The largest per-process total when `costs` go, largest first, to the least loaded of `procs` processes."""
+    loads = [0.0] * max(1, procs)
+    for cost in sorted(costs, reverse=True):
+        loads[loads.index(min(loads))] += cost
+    return max(loads)
 
 
 def _rank_in_class(names: list[str]) -> dict[str, int]:

@@ -241,7 +241,19 @@ def load_mae(name: str, weights: str = HUB, norm_pix_loss: bool | None = None, *
     model = ARCHS[arch](norm_pix_loss=norm_pix_loss, **kwargs)
     if weights != RANDOM:
         uri = _download(CHECKPOINTS[hub_name][1]) if weights == HUB else weights
-        missing, unexpected = model.load_state_dict(load_state_dict(uri), strict=False)
+        state = load_state_dict(uri)
+        own = model.state_dict()
+        shapes = [
+            f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+            for k, v in state.items()
+            if k in own and v.shape != own[k].shape
+        ]
+        if shapes:
+            raise ValueError(
+                f"MAE weights {uri!r} do not fit {arch}: shapes differ ({'; '.join(shapes[:3])}); "
+                "pass the size and patch size the checkpoint was trained with"
+            )
+        missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(
                 f"MAE weights {uri!r} do not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]} "

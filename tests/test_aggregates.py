@@ -134,7 +134,10 @@ def test_run_bins_cells_give_the_per_sample_scores(tmp_path, ray_session):
     assert samples["sample_id"].to_pylist() == table["sample_id"].to_pylist()
     view_sum = torch.from_numpy(np.stack(table["view_sum"].to_numpy(zero_copy_only=False)))
     expected = bin_scores(
-        torch.from_numpy(samples["bin"].to_numpy()), torch.from_numpy(table["texture"].to_numpy()), view_sum, 4
+        torch.from_numpy(samples["bin"].to_numpy().copy()),
+        torch.from_numpy(table["texture"].to_numpy().copy()),
+        view_sum,
+        4,
     )
     got = bin_scores_from_sums(sums)
     assert got.size.tolist() == expected.size.tolist()

@@ -180,7 +180,14 @@ def bins_stage(config: Config, out: str, layout: Layout | None = None) -> None:
             "lower num_bins or leave those classes out (the embeddings are cached, so only binning re-runs)"
         )
     bins, cells = run_bins(
-        layout.embeddings, class_sizes, config.num_bins, config.max_group, config.features, config.seed, gpus(config)
+        layout.embeddings,
+        class_sizes,
+        config.num_bins,
+        config.max_group,
+        config.features,
+        config.seed,
+        gpus(config),
+        dtype=config.bins_dtype,
     )
     write_parquet(bins, storage.join(out, BINS))
     write_parquet(cells, storage.join(out, CELLS))

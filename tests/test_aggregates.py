@@ -143,3 +143,19 @@ def test_run_bins_cells_give_the_per_sample_scores(tmp_path, ray_session):
     assert got.size.tolist() == expected.size.tolist()
     np.testing.assert_allclose(got.rep.numpy(), expected.rep.numpy(), rtol=1e-12)
     np.testing.assert_allclose(got.div.numpy(), expected.div.numpy(), rtol=1e-12)
+
+
+def test_bins_task_passes_bins_dtype(tmp_path):
+    """Config.bins_dtype reaches the GraphCut inside a bins task (planted bug caught: the task ignoring it).
+
+    On a class of 1,500 samples float32 and float64 similarities break near-ties differently, so the task's
+    float64 bins equal assign_bins' float64 bins and differ from its float32 bins.
+    """
+    sizes = _store(tmp_path / "emb", [1500], 4, 3)
+    table = pq.read_table(tmp_path / "emb", filters=[("status", "=", "ok")]).sort_by("sample_id")
+    features = torch.from_numpy(np.stack(table["embedding"].to_numpy(zero_copy_only=False)))
+    labels = torch.from_numpy(table["label"].to_numpy().astype(np.int64))
+    wide = assign_bins(features, labels, 4, dtype="float64").bin.tolist()
+    assert wide != assign_bins(features, labels, 4, dtype="float32").bin.tolist()
+    samples, _ = bin_classes(str(tmp_path / "emb"), [0], sizes, 4, 20_000, "embedding", 0, dtype="float64")
+    assert samples.sort_by("sample_id")["bin"].to_pylist() == wide

@@ -35,6 +35,7 @@ def bin_classes(
     features: str,
     seed: int,
     chunk_bytes: int | None = None,
+    dtype: str = "float32",
 ) -> tuple[pa.Table, pa.Table]:
     """(samples, cells) of the classes `labels`, binned a chunk of classes at a time.
 
@@ -54,7 +55,7 @@ def bin_classes(
     samples, cells = [], []
     for chunk in chunk_classes({c: class_sizes[c] for c in labels}, rows):
         table = read_embeddings(embeddings_uri, labels=chunk, columns=columns, ok_only=True, dataset=dataset)
-        part, cell = _bin_chunk(table, class_sizes, num_bins, max_group, features, seed, device)
+        part, cell = _bin_chunk(table, class_sizes, num_bins, max_group, features, seed, device, dtype)
         samples.append(part)
         cells.append(cell)
         del table  # before the next chunk is read; Arrow's allocator gives the pages back
@@ -70,6 +71,7 @@ def _bin_chunk(
     features: str,
     seed: int,
     device: torch.device,
+    dtype: str = "float32",
 ) -> tuple[pa.Table, pa.Table]:
     labels = torch.from_numpy(np.array(table["label"].to_numpy()))
     result = assign_bins(
@@ -80,6 +82,7 @@ def _bin_chunk(
         max_group=max_group,
         class_sizes=class_sizes,
         device=device,
+        dtype=dtype,
         seed=seed,
         block_bytes=CPU_BLOCK_BYTES if device.type == "cpu" else None,
     )
@@ -141,7 +144,15 @@ def plan_tasks(class_sizes: dict[int, int], parallelism: int) -> list[list[int]]
 
 
 def run_bins(
-    embeddings_uri: str, class_sizes: dict[int, int], num_bins: int, max_group: int, features: str, seed: int, gpus: int
+    embeddings_uri: str,
+    class_sizes: dict[int, int],
+    num_bins: int,
+    max_group: int,
+    features: str,
+    seed: int,
+    gpus: int,
+    *,
+    dtype: str = "float32",
 ) -> tuple[pa.Table, pa.Table]:
     """Fan the classes out over Ray tasks, one per GPU when `gpus` > 0 (else one per CPU).
 
@@ -150,7 +161,7 @@ def run_bins(
     options, parallelism = resources.bin_tasks(gpus)
     task = ray.remote(bin_classes).options(num_returns=2, **options)
     refs = [
-        task.remote(embeddings_uri, labels, class_sizes, num_bins, max_group, features, seed)
+        task.remote(embeddings_uri, labels, class_sizes, num_bins, max_group, features, seed, dtype=dtype)
         for labels in plan_tasks(class_sizes, parallelism)
     ]
     samples = pa.concat_tables(ray.get([r[0] for r in refs])).sort_by("sample_id")

@@ -74,6 +74,7 @@ def test_zero_budget_is_a_one_line_error(ray_session, tmp_path, capsys):
     train = extract_cifar_subset(CIFAR_TAR, tmp_path / "train", per_class=2, split="train")
     argv = ["compress", "--input", str(train), "--output", str(tmp_path / "out"), "--rho", "0.01", "--until", "select"]
     argv += ["--image-size", "32", "--backbone", "cifar_resnet20", "--backbone-weights", "random", "--num-bins", "1"]
+    argv += ["--cam-model", "cifar_resnet20", "--cam-weights", "random", "--cam-layer", "layer3"]  # nothing downloads
     argv += ["--cam-weights", "random"]  # offline: `hub` weights would stop the run before any stage
     assert main(argv) == 2  # 20 images at rho 0.01: B = floor(0.2 + 0.5) = 0
     assert "budget of 0 images" in capsys.readouterr().err

@@ -53,7 +53,7 @@ def build_config(args: argparse.Namespace) -> Config:
     from_file = dict(values)
     values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
     if args.command == "sample":
-        values = sample_values(from_file, values, given_output=args.output, overwrite=getattr(args, "overwrite", False))
+        values = sample_values(from_file, values, given_output=args.output, overwrite=args.overwrite)
     missing = [k for k in ("input", "output") if k not in values]
     if missing:
         raise ConfigError(f"missing required config: {', '.join('--' + m for m in missing)}")
@@ -205,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
             from adq_ray.pipeline import compress, resample
 
             if args.command == "compress":
-                result = compress(config, until=args.until, overwrite=getattr(args, "overwrite", False))
+                result = compress(config, until=args.until, overwrite=args.overwrite)
             else:
-                result = resample(config, overwrite=getattr(args, "overwrite", False))
+                result = resample(config, overwrite=args.overwrite)
     except Exception as err:  # the one error boundary: user errors are one line (exit 2), the rest a traceback
         if not is_user_error(err):
             raise

@@ -141,7 +141,7 @@ def test_connection_refused_is_one_clear_error_within_the_timeout(proxy, tmp_pat
     assert "transient" in lines[-1]
     retrying = float(re.search(r"over (\d+) s", lines[-1]).group(1))
     assert retrying <= 10, lines[-1]  # 2 operation tries x 2 SDK tries of a refused connection, with backoff
-    assert elapsed < 100  # plus the interpreter's start (torch, Ray imports) on a loaded 2-core machine
+    assert elapsed < 180  # the bound (3 minutes), interpreter start (torch, Ray imports) included
     assert not storage.exists(storage.join(cfg.output, storage.SUCCESS))
 
 

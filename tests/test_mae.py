@@ -78,7 +78,7 @@ def test_load_mae_names_and_errors(tmp_path) -> None:
     with pytest.raises(ValueError, match="missing.*mask_token"):
         load_mae("mae_vit_tiny_patch8", str(tmp_path / "broken.pth"))
     with pytest.raises(ValueError, match="unknown MAE"):
-        load_mae("mae_vit_small", "random")
+        load_mae("mae_vit_gigantic", "random")
     with pytest.raises(ValueError, match="no hub checkpoint"):
         load_mae("mae_vit_tiny_patch8", "hub")
     assert load_mae("mae_vit_tiny_patch8", "random", norm_pix_loss=True).norm_pix_loss

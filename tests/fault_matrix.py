@@ -21,7 +21,7 @@ import pyarrow.fs as pafs  # noqa: E402
 import ray  # noqa: E402
 from faultproxy import FaultProxy  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
-from util import write_image_folder  # noqa: E402
+from util import TINY_MODELS, write_image_folder  # noqa: E402
 
 from adq_ray import storage  # noqa: E402
 from adq_ray.config import Config  # noqa: E402
@@ -31,12 +31,7 @@ from adq_ray.pipeline import compress  # noqa: E402
 from adq_ray.tables import read_parquet  # noqa: E402
 
 TINY = dict(
-    image_size=32,
-    backbone="cifar_resnet20",
-    backbone_weights="random",
-    cam_model="cifar_resnet20",
-    cam_weights="random",
-    cam_layer="layer3",
+    **TINY_MODELS,
     patch_image_size=32,
     num_bins=2,
     rho=0.3,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 from faultproxy import FaultProxy
-from util import write_image_folder
+from util import TINY_MODELS, write_image_folder
 
 from adq_ray import storage
 from adq_ray.config import Config
@@ -27,12 +27,7 @@ from adq_ray.watchdog import StallError
 
 BUCKET = "adq-faults"
 TINY = dict(
-    image_size=32,
-    backbone="cifar_resnet20",
-    backbone_weights="random",
-    cam_model="cifar_resnet20",
-    cam_weights="random",
-    cam_layer="layer3",
+    **TINY_MODELS,
     patch_image_size=32,
     num_bins=2,
     rho=0.3,

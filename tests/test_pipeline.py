@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
-from util import make_bucket, write_image_folder
+from util import TINY_MODELS, make_bucket, write_image_folder
 
 from adq_ray import storage
 from adq_ray.config import Config
@@ -27,12 +27,7 @@ from adq_ray.quotas.adq import budget
 from adq_ray.tables import read_parquet
 
 TINY = dict(
-    image_size=32,
-    backbone="cifar_resnet20",
-    backbone_weights="random",
-    cam_model="cifar_resnet20",
-    cam_weights="random",
-    cam_layer="layer3",
+    **TINY_MODELS,
     patch_image_size=64,
     num_bins=4,
     rho=0.3,

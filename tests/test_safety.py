@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from util import make_bucket, write_image_folder
+from util import TINY_MODELS, make_bucket, write_image_folder
 
 from adq_ray import ownership, storage
 from adq_ray.cli import main
@@ -34,12 +34,7 @@ from adq_ray.redact import redact
 from adq_ray.tables import read_parquet
 
 TINY = dict(
-    image_size=32,
-    backbone="cifar_resnet20",
-    backbone_weights="random",
-    cam_model="cifar_resnet20",
-    cam_weights="random",
-    cam_layer="layer3",
+    **TINY_MODELS,
     patch_image_size=32,
     patch_size=16,
     num_bins=2,

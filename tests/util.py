@@ -17,6 +17,15 @@ SHARED_TAR = SHARED / "data" / "cifar10-jpeg.tar.gz"
 # the checkout when present, else the subset shipped in the package (enough for every test's slice).
 CIFAR_TAR = SHARED_TAR if SHARED_TAR.exists() else DEMO_SUBSET
 RESNET20 = SHARED / "weights" / "resnet20-12fca82f.th"
+# The tiny, offline models every end-to-end test runs: a CIFAR ResNet-20 with random weights at 32 px.
+TINY_MODELS = dict(
+    image_size=32,
+    backbone="cifar_resnet20",
+    backbone_weights="random",
+    cam_model="cifar_resnet20",
+    cam_weights="random",
+    cam_layer="layer3",
+)
 needs_shared = pytest.mark.skipif(
     not RESNET20.exists(), reason=f"needs trained weights {RESNET20} (the shared folder beside the checkout); absent"
 )

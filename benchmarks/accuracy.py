@@ -371,13 +371,10 @@ def decode_split(tar: Path, split: str, names: set[str] | None = None) -> dict[s
 def filled_images(images: np.ndarray, keep: np.ndarray, fill: str, mae: str) -> np.ndarray:
     """uint8 (N, 32, 32, 3) with the dropped patches filled: mean colour of the kept pixels, or an MAE.
 
-    The pipeline's own `fill_mean` / `reconstruct` (adq_ray.patches.reconstruct), or, where Ray is not
-    installed (that module imports it), the same two formulas from the Ray-free grid helpers.
+    The pipeline's own `fill_mean` / `reconstruct` (adq_ray.patches.fill, which needs no Ray).
     """
-    try:
-        from adq_ray.patches.reconstruct import fill_mean, reconstruct
-    except ImportError:
-        fill_mean, reconstruct = _fill_mean, _reconstruct
+    from adq_ray.patches.fill import fill_mean, reconstruct
+
     x = torch.from_numpy(images).permute(0, 3, 1, 2)
     mask = torch.from_numpy(keep)
     if fill == "mean":
@@ -391,29 +388,6 @@ def filled_images(images: np.ndarray, keep: np.ndarray, fill: str, mae: str) -> 
             model = model.cuda()
         out = torch.cat([reconstruct(model, a, m) for a, m in zip(x.split(1024), mask.split(1024))])
     return out.permute(0, 2, 3, 1).contiguous().numpy()
-
-
-def _fill_mean(images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    from adq_ray.patches.grid import expand_mask
-
-    pixels = expand_mask(keep, images.shape[-1] // GRID)
-    mean = (images.double() * pixels).sum(dim=(2, 3), keepdim=True) / pixels.sum(dim=(2, 3), keepdim=True)
-    return torch.where(pixels, images, mean.round().to(torch.uint8).expand_as(images))
-
-
-@torch.no_grad()
-def _reconstruct(mae: torch.nn.Module, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    from adq_ray.models import normalize
-    from adq_ray.models.backbone import IMAGENET_MEAN, IMAGENET_STD
-    from adq_ray.patches.grid import expand_mask
-
-    device = next(mae.parameters()).device
-    x = images.to(device)
-    pred = mae.predict_pixels(normalize(x), keep.to(device))
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    pixels = ((pred * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
-    return torch.where(expand_mask(keep.to(device), mae.patch_size), x, pixels).cpu()
 
 
 def runs_for(

@@ -31,6 +31,7 @@ MATH = (
     "adq_ray.patches.gradcam",
     "adq_ray.patches.grid",
     "adq_ray.patches.codec",
+    "adq_ray.patches.fill",
     "adq_ray.embed.texture",
     "adq_ray.embed.views",
     "adq_ray.ingest",

@@ -35,7 +35,7 @@ from adq_ray.config import Config, ConfigError
 from adq_ray.ingest import list_inputs, read_images
 from adq_ray.models import normalize
 from adq_ray.models.mae import ARCHS, MAE_SIZES, load_mae, masked_psnr, random_keep, reconstruction_loss, warmup_cosine
-from adq_ray.patches.reconstruct import fill_mean, reconstruct
+from adq_ray.patches.fill import fill_mean, reconstruct
 
 log = logging.getLogger("adq_ray")
 

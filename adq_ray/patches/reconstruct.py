@@ -18,10 +18,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from adq_ray import resources, storage
-from adq_ray.models import normalize, select_device
-from adq_ray.models.backbone import IMAGENET_MEAN, IMAGENET_STD
+from adq_ray.models import select_device
 from adq_ray.models.mae import load_mae
 from adq_ray.patches.codec import decode_patches, decode_source
+from adq_ray.patches.fill import fill_mean, reconstruct
 from adq_ray.patches.grid import expand_mask, keep_mask, source_mask, unpatchify
 from adq_ray.tables import read_parquet
 
@@ -35,32 +35,6 @@ def assemble(kept_idx: torch.Tensor, patches: torch.Tensor, grid: int) -> tuple[
     canvas = patches.new_zeros(b, grid * grid, c, p, p)
     canvas[torch.arange(b, device=patches.device)[:, None], kept_idx.long()] = patches
     return unpatchify(canvas, grid), keep_mask(kept_idx, grid * grid)
-
-
-def fill_mean(images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """uint8 images (B, C, S, S) with the dropped patches set to the per-channel mean of the kept pixels."""
-    pixels = expand_mask(keep, images.shape[-1] // int(round(keep.shape[1] ** 0.5)))
-    x = images.double()
-    mean = (x * pixels).sum(dim=(2, 3), keepdim=True) / pixels.sum(dim=(2, 3), keepdim=True)
-    return torch.where(pixels, images, mean.round().to(torch.uint8).expand_as(images))
-
-
-@torch.no_grad()
-def reconstruct(mae: nn.Module, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """uint8 images (B, 3, S, S) with only the dropped patches (keep False) replaced by the MAE's
-    prediction: un-normalised, clamped to [0, 1], rounded to uint8. Runs on the MAE's device."""
-    p, grid = mae.patch_size, mae.grid
-    if images.shape[-1] != grid * p or keep.shape[1] != grid * grid:
-        raise ValueError(
-            f"the MAE takes {grid * p} px images in {p} px patches, got {images.shape[-1]} px, {keep.shape[1]} patches"
-        )
-    device = next(mae.parameters()).device
-    x = images.to(device)
-    pred = mae.predict_pixels(normalize(x), keep.to(device))
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    pixels = ((pred * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
-    return torch.where(expand_mask(keep.to(device), p), x, pixels).to(images.device)
 
 
 def restore(

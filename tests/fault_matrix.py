@@ -21,7 +21,8 @@ import pyarrow.fs as pafs  # noqa: E402
 import ray  # noqa: E402
 from faultproxy import FaultProxy  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
-from util import TINY_MODELS, write_image_folder  # noqa: E402
+from test_faults import TINY  # noqa: E402  (the fault tests' run, here with default retry settings)
+from util import write_image_folder  # noqa: E402
 
 from adq_ray import storage  # noqa: E402
 from adq_ray.config import Config  # noqa: E402
@@ -29,15 +30,6 @@ from adq_ray.errors import UserError  # noqa: E402
 from adq_ray.layout import Layout  # noqa: E402
 from adq_ray.pipeline import compress  # noqa: E402
 from adq_ray.tables import read_parquet  # noqa: E402
-
-TINY = dict(
-    **TINY_MODELS,
-    patch_image_size=32,
-    num_bins=2,
-    rho=0.3,
-    batch_size=16,
-    num_actors=1,
-)
 
 
 def when_seen(proxy: FaultProxy, needle: str, action) -> None:

@@ -82,7 +82,7 @@ def decode_image(data: bytes, size: int, max_pixels: int, max_bytes: int, defer_
                     return Decoded.rejected(f"too many pixels: {width}x{height} > {max_pixels}")
                 if defer_jpeg and _plain_jpeg(im, data):
                     return Decoded(data=data, note="grayscale" if im.mode in _GRAY_MODES else "")
-                rgb, notes = _to_rgb(im)
+                rgb, notes = to_rgb(im)
                 image = np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
     except Image.DecompressionBombError:
         return Decoded.rejected(f"too many pixels: more than {2 * Image.MAX_IMAGE_PIXELS} (decompression bomb)")
@@ -107,7 +107,7 @@ def _plain_jpeg(im: Image.Image, data: bytes) -> bool:
     )
 
 
-def _to_rgb(im: Image.Image) -> tuple[Image.Image, list[str]]:
+def to_rgb(im: Image.Image) -> tuple[Image.Image, list[str]]:
     """Load, apply EXIF orientation and convert to 8-bit RGB, noting each non-trivial step."""
     notes = []
     if getattr(im, "n_frames", 1) > 1:

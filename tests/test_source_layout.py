@@ -18,13 +18,14 @@ from adq_ray.config import Config
 from adq_ray.ingest import extract_cifar_subset, list_inputs
 from adq_ray.ingest.decode import decode_image
 from adq_ray.patches.codec import decode_source, jpeg_quality_of
-from adq_ray.patches.dropper import PatchDropper
+from adq_ray.patches.dropper import PatchDropper, PatchSelector
 from adq_ray.patches.grid import bilinear_support, expand_mask, keep_mask, source_mask
 from adq_ray.patches.reconstruct import decode_rows
 from adq_ray.patches.source import read_sources
 
 torch.set_num_threads(1)
 LIMIT = 10**9
+SEED = 0
 
 
 def config(codec: str = "jpeg", size: int = 64, **kw) -> Config:
@@ -104,13 +105,21 @@ def test_source_mask_holds_every_pixel_a_kept_patch_reads(shape: tuple[int, int]
     assert support.sum(1).max() == 2 and support.any(0).all()
 
 
-def test_read_sources_gives_ingests_image_and_the_source(sources: list[Path]) -> None:
+def test_read_sources_gives_ingests_image_and_the_source(sources: list[Path], tmp_path: Path) -> None:
+    """The decode tasks ship a source that fits in S x S without its upsampled image; the CAM actor's
+    `images` then holds ingest's image for every row (mixed here with a wide source the task resizes)."""
     cfg = config()
-    rows = rows_for(sources, cfg)
-    assert list(rows["status"]) == ["ok"] * len(sources)
-    for i, path in enumerate(sources):
+    rng = np.random.default_rng(1)
+    wide = write(tmp_path / "c" / "wide.png", rng.integers(0, 256, (30, 80, 3), dtype=np.uint8))  # < 64^2 px
+    paths = [*sources, wide]
+    rows = rows_for(paths, cfg)
+    assert list(rows["status"]) == ["ok"] * len(paths)
+    assert [len(b) for b in rows["image"]] == [0] * len(sources) + [64 * 64 * 3]
+    images = PatchSelector(cfg).images(rows).permute(0, 2, 3, 1).numpy()
+    for i, path in enumerate(paths):
         data = path.read_bytes()
-        np.testing.assert_array_equal(rows["image"][i], decode_image(data, 64, LIMIT, LIMIT).image)
+        np.testing.assert_array_equal(images[i], decode_image(data, 64, LIMIT, LIMIT).image)
+    for i, path in enumerate(sources):
         src = decoded(path)
         assert (rows["source_height"][i], rows["source_width"][i]) == src.shape[:2]
         np.testing.assert_array_equal(np.frombuffer(rows["source"][i], np.uint8).reshape(src.shape), src)
@@ -125,6 +134,7 @@ def test_read_sources_gives_ingests_image_and_the_source(sources: list[Path]) ->
 def test_source_layout_round_trip(tmp_path, sources: list[Path], codec: str) -> None:
     cfg = config(codec)
     rows = rows_for(sources, cfg)
+    torch.manual_seed(SEED)  # the random CAM weights, so the kept set does not depend on the tests run before
     table = PatchDropper(cfg)(rows)
     pq.write_table(table, tmp_path / "part.parquet")
     back = pq.read_table(tmp_path / "part.parquet")

@@ -60,8 +60,9 @@ ALPHA = 0.7
 RECIPES = {
     # The spec's recipe (section 6) on one GPU; epochs are fitted to the time budget unless given.
     "gpu": Recipe(model="resnet18_cifar", epochs=200, batch_size=128, lr=0.1),
-    # Small enough for the 2-core box: CIFAR ResNet-20, few epochs, batch 128.
-    "cpu": Recipe(model="cifar_resnet20", epochs=30, batch_size=128, lr=0.1),
+    # Small enough for the 2-core box: CIFAR ResNet-20, 15 epochs, batch 128, tested at epochs 5, 10 and 15. Its
+    # 10% row (3 arms x 3 seeds, 6,275 images each, 2 processes of 1 thread) trains at ~350 img/s there: ~50 min.
+    "cpu": Recipe(model="cifar_resnet20", epochs=15, batch_size=128, lr=0.1, test_every=5),
 }
 
 
@@ -109,14 +110,18 @@ def minmax_quotas(sizes, rep, div, rho: float, alpha: float):
     return largest_remainder(floors.long(), ideal - floors, sizes, b)
 
 
-def compute_in_process(config, procs: int = 2, chunk: int = 500, per_class: int = 0) -> dict[str, Any]:
+def compute_in_process(
+    config, procs: int = 2, chunk: int = 500, per_class: int = 0, holdout: int = 0
+) -> dict[str, Any]:
     """Every per-sample quantity of the pipeline's stages, with the stages' own classes, in `procs` processes.
 
     The listing (`list_inputs`), decode (`decode_image` at 32 px), `Embedder.embed` (texture, embedding,
     view sums, seeded by sample id), `PatchSelector.select` (GradCAM++ keep indices) and `assign_bins` over
     the classes are what the Ray stages call per batch; only the Ray scheduling is left out (on the shared
     2-core box another job's `ray stop --force` killed two Ray runs of the embed stage). `per_class` > 0:
-    only the first `per_class` images of each class (by name), binned and returned on their own.
+    only the first `per_class` images of each class (by name), binned and returned on their own. `holdout` > 0:
+    the last `holdout` images of each class (by name) are left out of the bins and returned apart as
+    `holdout_names`, a validation split carved from the training set.
     """
     from adq_ray.bins.graphcut import assign_bins
     from adq_ray.ingest import list_inputs
@@ -136,6 +141,12 @@ def compute_in_process(config, procs: int = 2, chunk: int = 500, per_class: int 
     for c in np.unique(labels):
         rank[labels == c] = np.arange(int((labels == c).sum()))
     subset = rank < per_class if per_class else np.ones(len(labels), bool)
+    held = np.zeros(len(labels), bool)
+    if holdout:
+        class_size = np.bincount(labels)[labels]
+        held = rank >= class_size - holdout
+        subset &= ~held
+    holdout_names = np.array(["/".join(paths[i].split("/")[-2:]) for i in np.flatnonzero(held)])
     wanted = [i for i, task in enumerate(tasks) if subset[i * chunk : i * chunk + len(task[0])].any()]
     todo = [tasks[i] for i in wanted if not Path(tasks[i][2]).exists()]
     with mp.get_context("spawn").Pool(procs, _embed_init, (config, int(labels.max()) + 1)) as pool:
@@ -163,6 +174,7 @@ def compute_in_process(config, procs: int = 2, chunk: int = 500, per_class: int 
         "texture": torch.from_numpy(out["texture"]).double(),
         "view_sum": torch.from_numpy(out["view_sum"]).double(),
         "kept_idx": out["kept_idx"].astype(np.int64),
+        "holdout_names": holdout_names,
     }
 
 
@@ -228,7 +240,14 @@ def compute_with_ray(config, num_cpus: int) -> dict[str, Any]:
 
 
 def prepare(
-    work: Path, tar: Path, weights: Path, plan_path: Path, num_cpus: int, engine: str = "process", per_class: int = 0
+    work: Path,
+    tar: Path,
+    weights: Path,
+    plan_path: Path,
+    num_cpus: int,
+    engine: str = "process",
+    per_class: int = 0,
+    holdout: int = 0,
 ) -> None:
     from adq_ray.ingest.cifar import extract_cifar_subset
     from adq_ray.quotas import select
@@ -239,17 +258,21 @@ def prepare(
     extract_cifar_subset(tar, work / "cifar10" / "train", per_class=5000, split="train")
     print(f"extracted ({time.perf_counter() - t0:.0f} s)", flush=True)
     config = pipeline_config(work, weights)
+    if engine == "ray" and holdout:
+        raise SystemExit("--holdout-per-class needs --engine process")
     data = (
         compute_with_ray(config, num_cpus)
         if engine == "ray"
-        else compute_in_process(config, num_cpus, per_class=per_class)
+        else compute_in_process(config, num_cpus, per_class=per_class, holdout=holdout)
     )
+    holdout_names = data.pop("holdout_names", np.array([], dtype=str))
     print(f"per-sample quantities ({engine}, {time.perf_counter() - t0:.0f} s)", flush=True)
     sample_ids, names, labels, bins = data["sample_ids"], data["names"], data["labels"], data["bins"]
     texture, view_sum = data["texture"], data["view_sum"]
     keep = np.zeros((len(sample_ids), GRID**2), dtype=bool)
     np.put_along_axis(keep, data["kept_idx"], True, axis=1)
-    np.savez_compressed(work / "per_sample.npz", **{k: np.asarray(v) for k, v in data.items()})
+    if not holdout:
+        np.savez_compressed(work / "per_sample.npz", **{k: np.asarray(v) for k, v in data.items()})
 
     selections: dict[str, np.ndarray] = {}
     tables: dict[str, Any] = {}
@@ -302,6 +325,7 @@ def prepare(
         "n": len(sample_ids),
         "engine": engine,
         "per_class": per_class or 5000,
+        "holdout_per_class": holdout,
     }
     keys = sorted(selections)
     np.savez_compressed(
@@ -312,6 +336,7 @@ def prepare(
         keys=np.array(keys),
         selections=np.packbits(np.stack([selections[k] for k in keys]), axis=1),
         meta=np.array(json.dumps(meta)),
+        holdout_names=holdout_names,
     )
     print(f"plan: {plan_path} ({plan_path.stat().st_size:,} B, {len(keys)} selections)", flush=True)
 
@@ -346,6 +371,7 @@ def load_plan(path: Path) -> dict[str, Any]:
             "selections": dict(zip(z["keys"].tolist(), selections)),
             "n": n,
             "meta": json.loads(str(z["meta"])),
+            "holdout_names": z["holdout_names"].tolist() if "holdout_names" in z.files else [],
         }
 
 
@@ -497,7 +523,10 @@ def train(args: argparse.Namespace) -> None:
     finished = {(r["arm"], r["keep_ratio"], r["seed"], r.get("fill")) for r in done}
     jobs = [j for j in jobs if (j["arm"], j["keep_ratio"], j["seed"], args.fill) not in finished]
 
-    train_split, test_split = decode_split(args.tar, "train", set(plan["names"])), decode_split(args.tar, "test")
+    held = plan["holdout_names"]  # a validation split carved from the training set: the arms are tested on it
+    train_split = decode_split(args.tar, "train", set(plan["names"]) | set(held))
+    test_split = {name: train_split[name] for name in held} if held else decode_split(args.tar, "test")
+    eval_set = "val" if held else "test"
     images = np.stack([train_split[name] for name in plan["names"]])
     test_names = sorted(test_split)
     if args.test_per_class:  # the first N test images of each class, by name
@@ -515,7 +544,8 @@ def train(args: argparse.Namespace) -> None:
     arrays_path = out / "arrays.npz"
     np.savez(arrays_path, **arrays)
     print(
-        f"decoded {len(images)} train / {len(test_names)} test images, fill {args.fill} ({time.perf_counter() - start:.0f} s)",
+        f"decoded {len(images)} train / {len(test_names)} {eval_set} images, fill {args.fill} "
+        f"({time.perf_counter() - start:.0f} s)",
         flush=True,
     )
 
@@ -553,6 +583,7 @@ def train(args: argparse.Namespace) -> None:
                     "recipe": args.recipe,
                     "model": recipe.model,
                     "device": device,
+                    "eval_set": eval_set,
                 }
             )
             done.append(result)
@@ -589,19 +620,21 @@ def _rank_in_class(names: list[str]) -> dict[str, int]:
 
 
 def markdown(results: list[dict[str, Any]], plan: dict[str, Any] | None = None) -> str:
-    """Mean +- std (over seeds) of final and best test accuracy per (arm, keep ratio, fill)."""
+    """Mean +- std (over seeds) of final and best accuracy (on the test set, or the held-out validation split)
+    per (arm, keep ratio, fill)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in results:
-        groups.setdefault((r["keep_ratio"], r["arm"], r.get("fill", "mean"), r.get("model"), r["epochs"]), []).append(r)
+        key = (r["keep_ratio"], r["arm"], r.get("fill", "mean"), r.get("model"), r["epochs"], r.get("eval_set", "test"))
+        groups.setdefault(key, []).append(r)
     lines = [
-        "| keep ratio | arm | fill | model, epochs | train images | seeds | final acc % | best acc % |",
-        "|---|---|---|---|---|---|---|---|",
+        "| keep ratio | arm | fill | model, epochs | train images | seeds | tested on | final acc % | best acc % |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for (k, arm, fill, model, epochs), rs in sorted(groups.items(), key=lambda g: (g[0][0], _order(g[0][1]))):
+    for (k, arm, fill, model, epochs, on), rs in sorted(groups.items(), key=lambda g: (g[0][0], _order(g[0][1]))):
         fill = "none" if arm == "full" or arm.endswith("-sel") else fill
         n = sorted({r["n_train"] for r in rs})
         lines.append(
-            f"| {k:.1f} | {arm} | {fill} | {model}, {epochs} | {', '.join(f'{x:,}' for x in n)} | {len(rs)} "
+            f"| {k:.1f} | {arm} | {fill} | {model}, {epochs} | {', '.join(f'{x:,}' for x in n)} | {len(rs)} | {on} "
             f"| {_mean_std([r['final_acc'] for r in rs])} | {_mean_std([r['best_acc'] for r in rs])} |"
         )
     return "\n".join(lines) + "\n"
@@ -657,6 +690,12 @@ def main(argv: list[str] | None = None) -> None:
     pr.add_argument("--num-cpus", type=int, default=2)
     pr.add_argument("--per-class", type=int, default=0, help="plan for the first N training images per class (0: all)")
     pr.add_argument(
+        "--holdout-per-class",
+        type=int,
+        default=0,
+        help="leave the last N training images per class out of the plan: the validation split `train` tests on",
+    )
+    pr.add_argument(
         "--engine",
         choices=["process", "ray"],
         default="process",
@@ -694,7 +733,16 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.command == "prepare":
         args.work.mkdir(parents=True, exist_ok=True)
-        prepare(args.work, args.tar, args.weights, args.plan, args.num_cpus, args.engine, args.per_class)
+        prepare(
+            args.work,
+            args.tar,
+            args.weights,
+            args.plan,
+            args.num_cpus,
+            args.engine,
+            args.per_class,
+            args.holdout_per_class,
+        )
     elif args.command == "train":
         if args.fill == "mae" and not args.mae:
             raise SystemExit("--fill mae needs --mae arch:checkpoint")

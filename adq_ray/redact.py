@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 MASK = "***"
 # scheme://user:password@host/... (and scheme://token@host/...): everything between :// and @.
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s\"']+@")
@@ -23,6 +26,14 @@ def redact(text: str) -> str:
     's3://***@bucket/p?X-Amz-Signature=***&part=1'
     """
     return _SECRET_PARAM.sub(lambda m: m["name"] + MASK, _USERINFO.sub(lambda m: m["scheme"] + MASK + "@", text))
+
+
+def redact_column(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """`redact` on every string of an Arrow string column, vectorised (RE2), nulls kept: the manifest's paths
+    and reasons, millions of rows at ImageNet scale."""
+    column = pc.replace_substring_regex(column, _USERINFO.pattern.replace("?P<scheme>", ""), r"\1" + MASK + "@")
+    secret = "(?i)" + _SECRET_PARAM.pattern.replace("?P<name>", "")
+    return pc.replace_substring_regex(column, secret, r"\1" + MASK)
 
 
 def redact_all(value: Any) -> Any:

@@ -32,6 +32,7 @@ from adq_ray.layout import Layout
 from adq_ray.pipeline import Run, compress, resample
 from adq_ray.redact import redact
 from adq_ray.tables import read_parquet
+from adq_ray.write.manifest import build_manifest
 
 TINY = dict(
     **TINY_MODELS,
@@ -369,3 +370,40 @@ def _undo_undeletable(path: Path) -> None:
         subprocess.run(["chattr", "-i", str(path)], check=False)
     else:
         path.parent.chmod(0o700)
+
+
+def test_manifest_redacts_paths_and_reasons() -> None:
+    """An input given as s3://KEY:SECRET@bucket/ lists paths that carry the secret: the manifest masks them
+    (and reasons quoting a URI) as `redact` does, row for row, vectorised."""
+    paths = [f"s3://AKID:{SECRET}@bucket/a/{i}.jpg" for i in range(3)]
+    inventory = pa.table(
+        {
+            "sample_id": [0, 1, 2],
+            "path": paths,
+            "label": [0, 0, 0],
+            "class_name": ["a"] * 3,
+            "nbytes": [10, 10, 0],
+        }
+    )
+    scores = pa.table(
+        {
+            "sample_id": [0, 1, 2],
+            "status": ["ok", "ok", "rejected"],
+            "reason": [None, None, f"unreadable: {paths[2]}?X-Amz-Signature={SECRET}: empty"],
+            "note": [None, None, None],
+            "texture": [0.5, 0.5, None],
+        }
+    )
+    bins = pa.table({"sample_id": [0, 1], "bin": [0, 1], "rank": [0, 0]})
+    manifest = build_manifest(inventory, scores, bins, np.array([0]), np.array([0]))
+    assert (
+        manifest["path"].to_pylist() == [redact(p) for p in paths] == [f"s3://***@bucket/a/{i}.jpg" for i in range(3)]
+    )
+    reason = scores["reason"][2].as_py()
+    assert (
+        manifest["reason"].to_pylist()[2]
+        == redact(reason)
+        == "unreadable: s3://***@bucket/a/2.jpg?X-Amz-Signature=*** empty"
+    )
+    assert manifest["status"].to_pylist() == ["kept", "not_selected", "rejected"]
+    assert SECRET not in str(manifest.to_pylist())

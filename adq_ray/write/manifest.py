@@ -6,6 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from adq_ray.redact import redact_column
+
 KEPT = "kept"
 NOT_SELECTED = "not_selected"
 REJECTED = "rejected"
@@ -58,9 +60,10 @@ def build_manifest(
     reason = pc.if_else(pa.array(vanished), "selected, but unreadable in the patch stage", reason)
     return pa.table(
         {
-            **{name: table[name] for name in ("sample_id", "path", "label", "class_name", "nbytes")},
+            **{name: table[name] for name in ("sample_id", "label", "class_name", "nbytes")},
+            "path": redact_column(table["path"]),  # an input given as s3://KEY:SECRET@bucket/ lists such paths
             "status": pa.DictionaryArray.from_arrays(status, pa.array(_STATUSES)).cast(pa.string()),
-            "reason": reason.cast(pa.string()),
+            "reason": redact_column(reason.cast(pa.string())),
             "note": scores["note"],
             "bin": pa.array(b["bin"]),
             "rank": pa.array(b["rank"]),

@@ -38,7 +38,7 @@ from adq_ray.resources import actor_options, batch_size, decode_options, gpus
 from adq_ray.tables import read_parquet, to_matrix, write_parquet
 from adq_ray.watchdog import watch
 from adq_ray.write import summary as summarize
-from adq_ray.write.manifest import build_manifest
+from adq_ray.write.manifest import write_manifest
 
 log = logging.getLogger("adq_ray")
 PATCH_TASK_BATCH = 64  # rows per patch-stage decode / encode task call
@@ -262,19 +262,29 @@ def patch_dataset(config: Config, chosen: Inventory) -> ray.data.Dataset:
 def write_stage(run: Run) -> dict[str, object]:
     """Manifest (every input), summary and report into the output; `_SUCCESS` last."""
     config, layout = run.config, run.layout
+    summary = manifest_and_summary(config, layout, run.stages)
+    storage.write_bytes(layout.output(CONFIG), config.to_json().encode())
+    summarize.report(config, layout=layout)
+    storage.write_json(layout.output(storage.SUCCESS), {"fingerprint": layout.fingerprint("write")})
+    return summary
+
+
+def manifest_and_summary(config: Config, layout: Layout, stages: dict) -> dict[str, object]:
+    """Stream the manifest (every input) from the committed stages and the dataset, then write the summary.
+
+    Records the manifest's time as `stages["write"]`. The driver holds O(N) small columns, never the
+    whole manifest (`write_manifest`); `benchmarks/scale.py` measures this function at ImageNet shapes.
+    """
     start = time.perf_counter()
     inventory = layout.load_inventory()
     scores = read_embeddings(layout.embeddings, columns=["sample_id", "status", "reason", "note", "texture"])
     kept = read_parquet(layout.dataset, columns=["sample_id"])["sample_id"].to_numpy()
-    manifest = build_manifest(inventory.table, scores, read_parquet(layout.bins), layout.selected_ids(), kept)
-    write_parquet(manifest, layout.manifest)
-    bin_table = storage.read_json(layout.bin_table)
-    run.stages["write"] = {"reused": False, "seconds": round(time.perf_counter() - start, 3)}
-    summary = redact_all(summarize.summary(config, manifest, bin_table, run.stages))
+    bins = read_parquet(layout.bins, columns=["sample_id", "bin", "rank"])
+    manifest = write_manifest(layout.manifest, inventory.table, scores, bins, layout.selected_ids(), kept)
+    del inventory, scores, bins
+    stages["write"] = {"reused": False, "seconds": round(time.perf_counter() - start, 3)}
+    summary = redact_all(summarize.summary(config, manifest, storage.read_json(layout.bin_table), stages))
     storage.write_json(layout.summary, summary)
-    storage.write_bytes(layout.output(CONFIG), config.to_json().encode())
-    summarize.report(config, layout=layout)
-    storage.write_json(layout.output(storage.SUCCESS), {"fingerprint": layout.fingerprint("write")})
     return summary
 
 

@@ -26,10 +26,12 @@ def to_matrix(column: pa.ChunkedArray | pa.Array, dtype=np.float32) -> np.ndarra
     return np.array(flat.reshape(len(column), -1), dtype=dtype)
 
 
-def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
-    """A Parquet file, or every Parquet file under a directory, from a local path or s3:// URL."""
+def read_parquet(uri: str, columns: list[str] | None = None, read_dictionary: list[str] | None = None) -> pa.Table:
+    """A Parquet file, or every Parquet file under a directory, from a local path or s3:// URL.
+
+    read_dictionary: string columns to read as dictionary codes (a few distinct values over many rows)."""
     fs, path = storage.resolve(uri)
-    return pq.read_table(path, filesystem=fs, columns=columns)
+    return pq.read_table(path, filesystem=fs, columns=columns, read_dictionary=read_dictionary)
 
 
 def write_parquet(table: pa.Table, uri: str) -> None:

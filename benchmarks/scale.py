@@ -39,7 +39,7 @@ from adq_ray import storage  # noqa: E402
 from adq_ray.config import Config  # noqa: E402
 from adq_ray.ingest.sources import INVENTORY_SCHEMA  # noqa: E402
 from adq_ray.layout import CELLS, CLASSES, EMBEDDINGS, INVENTORY, Layout  # noqa: E402
-from adq_ray.tables import fixed_size_list, read_parquet, write_parquet  # noqa: E402
+from adq_ray.tables import fixed_size_list, write_parquet  # noqa: E402
 
 LISTING = "scale-benchmark"  # the faked input's listing digest (keys the stage directories)
 REJECTED_RATE = 0.001
@@ -242,20 +242,10 @@ def config_for(workdir: Path, args: argparse.Namespace) -> Config:
 
 def write_manifest(config: Config, layout: Layout) -> dict:
     """The write stage without its report: manifest and summary (the selected samples taken as kept)."""
-    from adq_ray.embed.store import read_embeddings
-    from adq_ray.write import summary as summarize
-    from adq_ray.write.manifest import build_manifest
+    from adq_ray.pipeline import manifest_and_summary
 
-    inventory = layout.load_inventory()
-    scores = read_embeddings(layout.embeddings, columns=["sample_id", "status", "reason", "note", "texture"])
-    selected = layout.selected_ids()
-    write_parquet(pa.table({"sample_id": selected}), storage.join(layout.dataset, "part-0.parquet"))
-    kept = read_parquet(layout.dataset, columns=["sample_id"])["sample_id"].to_numpy()
-    manifest = build_manifest(inventory.table, scores, read_parquet(layout.bins), selected, kept)
-    write_parquet(manifest, layout.manifest)
-    summary = summarize.summary(config, manifest, storage.read_json(layout.bin_table), {})
-    storage.write_json(layout.summary, summary)
-    return summary
+    write_parquet(pa.table({"sample_id": layout.selected_ids()}), storage.join(layout.dataset, "part-0.parquet"))
+    return manifest_and_summary(config, layout, {})
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:

@@ -76,7 +76,7 @@ def report(config: Config, eval_rows: list[dict] | None = None, layout: Layout |
     `layout`: the run's (keyed by the listing it read); by default the input is listed again to find the stages.
     """
     layout = layout or Layout(config)
-    manifest = read_parquet(layout.manifest)
+    manifest = read_parquet(layout.manifest, ["sample_id", "class_name", "status", "bin"], read_dictionary=["status"])
     kept = manifest.filter(pc.equal(manifest["status"], KEPT))
     shown = {
         b: kept.filter(pc.equal(kept["bin"], b))["sample_id"].to_numpy()[:SAMPLES_PER_BIN]
@@ -106,10 +106,10 @@ def report(config: Config, eval_rows: list[dict] | None = None, layout: Layout |
 
 
 def per_class(manifest: pa.Table) -> list[dict[str, object]]:
-    """One row per class of the manifest: class, inputs (readable), kept, rejected (counted in Arrow)."""
+    """One row per class of the manifest, by name: class, inputs (readable), kept, rejected (counted in Arrow)."""
     flags = {name: pc.equal(manifest["status"], name) for name in (KEPT, NOT_SELECTED, REJECTED)}
     table = pa.table({"class": manifest["class_name"], **{k: pc.cast(v, pa.int64()) for k, v in flags.items()}})
-    grouped = table.group_by("class").aggregate([(k, "sum") for k in flags]).to_pylist()
+    grouped = table.group_by("class").aggregate([(k, "sum") for k in flags]).sort_by("class").to_pylist()
     return [
         {
             "class": g["class"],

@@ -145,8 +145,9 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--norm-pix-loss",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="loss on per-patch normalised pixels, as the official MAE (default: on)",
+        default=False,
+        help="loss on per-patch normalised pixels, as the official pretraining; off by default: "
+        "a reconstruction MAE needs plain pixels (default: off)",
     )
     m.add_argument("--checkpoint", default="", help="where to save it (default: <output>/mae/checkpoint.pth)")
     m.add_argument(

@@ -13,7 +13,7 @@ import torch
 
 from adq_ray import storage
 from adq_ray.config import Config
-from adq_ray.models.mae import load_mae, mae_vit_base_patch16, mae_vit_tiny_patch8, sincos_pos_embed
+from adq_ray.models.mae import ARCHS, load_mae, mae_vit_base_patch16, mae_vit_tiny_patch8, sincos_pos_embed
 from adq_ray.patches.dropper import PatchDropper
 from adq_ray.patches.grid import expand_mask, keep_mask
 from adq_ray.patches.reconstruct import CompressedImages, read_reconstructed, reconstruct
@@ -82,6 +82,17 @@ def test_load_mae_names_and_errors(tmp_path) -> None:
     with pytest.raises(ValueError, match="no hub checkpoint"):
         load_mae("mae_vit_tiny_patch8", "hub")
     assert load_mae("mae_vit_tiny_patch8", "random", norm_pix_loss=True).norm_pix_loss
+
+
+def test_checkpoint_args_say_how_predictions_are_read(tmp_path) -> None:
+    """A train-mae checkpoint's args set norm_pix_loss (and the sizes); an explicit argument wins."""
+    state = ARCHS["mae_vit_tiny"](img_size=32, patch_size=4).state_dict()
+    for norm in (False, True):
+        args = {"arch": "mae_vit_tiny", "img_size": 32, "patch_size": 4, "norm_pix_loss": norm}
+        torch.save({"model": state, "args": args}, tmp_path / f"{norm}.pth")
+        model = load_mae("mae_vit_tiny", str(tmp_path / f"{norm}.pth"))
+        assert (model.norm_pix_loss, model.patch_size, model.grid) == (norm, 4, 8)
+        assert load_mae("mae_vit_tiny", str(tmp_path / f"{norm}.pth"), norm_pix_loss=not norm).norm_pix_loss != norm
 
 
 def test_sincos_pos_embed_matches_numpy_reference() -> None:

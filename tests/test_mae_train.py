@@ -87,7 +87,7 @@ def test_train_mae_tiny_learns_and_its_checkpoint_loads_strictly(ray_session, tm
     fresh = ARCHS["mae_vit_tiny"](img_size=32, patch_size=4)
     assert set(blob["model"]) == set(fresh.state_dict())  # the official key layout, nothing extra
     model = load_mae("mae_vit_tiny", result["checkpoint"])  # strict: raises on any missing/unexpected key
-    assert (model.patch_size, model.grid, model.norm_pix_loss) == (4, 8, True)
+    assert (model.patch_size, model.grid, model.norm_pix_loss) == (4, 8, False)  # pixel loss by default
     assert torch.equal(model.state_dict()["decoder_pred.weight"], blob["model"]["decoder_pred.weight"])
     assert result["n_heldout"] == 12 and result["load"] == f"mae_vit_tiny:{result['checkpoint']}"
     for scores in result["psnr"].values():

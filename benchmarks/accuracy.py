@@ -33,6 +33,7 @@ import os
 import statistics
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -450,9 +451,17 @@ _SHARED: dict[str, Any] = {}
 
 def _worker_init(arrays: str, threads: int, device: str) -> None:
     torch.set_num_threads(threads)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     with np.load(arrays) as z:
         _SHARED.update({k: z[k] for k in z.files})
     _SHARED["device"] = device
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A pool worker outlives a killed `train` (its runs would hold the cores for an hour): exit with it."""
+    while os.getppid() == parent:
+        time.sleep(5)
+    os._exit(1)
 
 
 def _run(job: dict[str, Any]) -> dict[str, Any]:

@@ -449,16 +449,18 @@ def runs_for(
 _SHARED: dict[str, Any] = {}
 
 
-def _worker_init(arrays: str, threads: int, device: str) -> None:
+def _worker_init(arrays: str, threads: int, device: str, parent: int) -> None:
     torch.set_num_threads(threads)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     with np.load(arrays) as z:
         _SHARED.update({k: z[k] for k in z.files})
     _SHARED["device"] = device
 
 
 def _exit_with_parent(parent: int) -> None:
-    """A pool worker outlives a killed `train` (its runs would hold the cores for an hour): exit with it."""
+    """A pool worker outlives a killed `train` (its runs would hold the cores for an hour): exit with it.
+
+    `parent` is the pid `train` passed, not the worker's getppid() at start: the parent may die first."""
     while os.getppid() == parent:
         time.sleep(5)
     os._exit(1)
@@ -559,7 +561,7 @@ def train(args: argparse.Namespace) -> None:
     )
 
     context = mp.get_context("spawn")
-    with context.Pool(args.procs, _worker_init, (str(arrays_path), args.threads, device)) as pool:
+    with context.Pool(args.procs, _worker_init, (str(arrays_path), args.threads, device, os.getpid())) as pool:
         if args.budget_s and not args.epochs:
             rates = pool.map(_calibrate, [{"recipe": recipe}] * args.procs, chunksize=1)
             rate = sum(rates)

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/mae_loss.py --steps 539 --loss pixel --save runs/mae_full/mae_pix.pth
 
 Trains the same tiny MAE (`mae_vit_tiny`, 32 px in 4 px patches) on CIFAR-10's training images from
-`../shared/data` with `adq train-mae`'s own pieces (random_resized_crop, random_keep 75%,
+`../shared/data` with `adq train-mae`'s own step (`train_step`: random_resized_crop, random_keep 75%,
 reconstruction_loss, AdamW 0.9/0.95 wd 0.05, warm-up + cosine), in one process without Ray, for the same
 number of steps and the same seed per loss. Then the PSNR on the dropped patches of 500 held-out training
 images (`heldout_psnr`) against mean fill, at 75% and at 20% random masking (the pipeline's mask_ratio).
@@ -27,9 +27,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from accuracy import TAR, decode_split  # noqa: E402
 
-from adq_ray.evaluate.mae_train import _param_groups, heldout_psnr, random_resized_crop  # noqa: E402
-from adq_ray.models import normalize  # noqa: E402
-from adq_ray.models.mae import ARCHS, random_keep, reconstruction_loss, warmup_cosine  # noqa: E402
+from adq_ray.evaluate.mae_train import _param_groups, heldout_psnr, train_step  # noqa: E402
+from adq_ray.models.mae import ARCHS, warmup_cosine  # noqa: E402
 
 
 def train(images: torch.Tensor, norm_pix_loss: bool, steps: int, lr: float, batch: int, seed: int) -> torch.nn.Module:
@@ -43,12 +42,7 @@ def train(images: torch.Tensor, norm_pix_loss: bool, steps: int, lr: float, batc
         for group in optimizer.param_groups:
             group["lr"] = lr * warmup_cosine(step, steps, warmup)
         batch_ids = torch.randint(len(images), (batch,), generator=generator)
-        x = normalize(random_resized_crop(images[batch_ids].float().div_(255), 0.2, generator))
-        keep = random_keep(batch, net.grid**2, 0.75, generator)
-        loss = reconstruction_loss(net(x, keep), x, keep, net.patch_size, norm_pix_loss)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = train_step(net, net, optimizer, images[batch_ids], 0.75, 0.2, generator)
         if (step + 1) % 100 == 0:
             print(f"  step {step + 1}: loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
     return net.eval()

@@ -1,9 +1,10 @@
 """`adq train-mae`: pretrain an MAE on the uncompressed training images with Ray Train (He et al. 2022).
 
 The official recipe at the configured patch grid (`patch_image_size` / `patch_size`): 75% random
-masking per image, MSE on the dropped patches, AdamW (betas 0.9 / 0.95, weight decay 0.05 except biases and norms), lr = base_lr x batch / 256 with a
-linear warmup and a half-cycle cosine per step, RandomResizedCrop (scale 0.2-1) + flip. Every image
-whose sample id is a multiple of `holdout_every` is held out; after training, the driver reports the
+masking per image, MSE on the dropped patches, AdamW (betas 0.9 / 0.95, weight decay 0.05 except biases
+and norms), lr = base_lr x batch / 256 with a linear warmup and a half-cycle cosine per step,
+RandomResizedCrop (scale 0.2-1) + flip. Every image whose sample id is a multiple of `holdout_every` is
+held out; after training, the driver reports the
 PSNR of the reconstruction on the dropped patches of those images, against mean fill (the fallback
 without an MAE), at the training mask ratio and at the pipeline's `mask_ratio`.
 
@@ -199,13 +200,7 @@ def _train_loop(config: dict[str, Any]) -> list[dict[str, float]]:
             for group in optimizer.param_groups:
                 group["lr"] = lr * warmup_cosine(step, total, warmup)
             batch = images[order[i * batch_size : (i + 1) * batch_size].to(device)]
-            x = normalize(random_resized_crop(batch.float().div_(255), recipe.min_crop_scale, generator))
-            keep = random_keep(len(x), net.grid**2, recipe.mask_ratio, generator).to(device)
-            loss = reconstruction_loss(model(x, keep), x, keep, net.patch_size, net.norm_pix_loss)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach()
+            loss_sum += train_step(model, net, optimizer, batch, recipe.mask_ratio, recipe.min_crop_scale, generator)
             step += 1
         record = {
             "epoch": epoch + 1,
@@ -228,6 +223,28 @@ def _train_loop(config: dict[str, Any]) -> list[dict[str, float]]:
         torch.save({"model": net.state_dict(), "args": args}, buffer)
         storage.write_bytes(config["checkpoint"], buffer.getvalue())
     return history
+
+
+def train_step(
+    model: torch.nn.Module,
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: torch.Tensor,
+    mask_ratio: float,
+    min_crop_scale: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """One MAE step on uint8 images (B, 3, S, S): crop + flip, random masking, loss, update; the loss (detached).
+
+    `model` runs the forward (the Ray Train wrapper, or `net` itself); `net` gives the grid and the loss.
+    """
+    x = normalize(random_resized_crop(batch.float().div_(255), min_crop_scale, generator))
+    keep = random_keep(len(x), net.grid**2, mask_ratio, generator).to(x.device)
+    loss = reconstruction_loss(model(x, keep), x, keep, net.patch_size, net.norm_pix_loss)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 def _param_groups(net: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

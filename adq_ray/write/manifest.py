@@ -42,7 +42,7 @@ def build_manifest(
     inventory: pa.Table, scores: pa.Table, bins: pa.Table, selected_ids: np.ndarray, kept_ids: np.ndarray
 ) -> pa.Table:
     """The whole manifest (SCHEMA) in memory, sorted by sample_id: `manifest_chunks` concatenated."""
-    return pa.concat_tables(manifest_chunks(inventory, scores, bins, selected_ids, kept_ids), promote_options="none")
+    return pa.concat_tables(c.cast(SCHEMA) for c in manifest_chunks(inventory, scores, bins, selected_ids, kept_ids))
 
 
 def write_manifest(
@@ -64,7 +64,7 @@ def write_manifest(
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     slim = []
     with pq.ParquetWriter(path, SCHEMA, filesystem=fs) as writer:
-        for chunk in manifest_chunks(inventory, scores, bins, selected_ids, kept_ids, chunk_rows, status_codes=True):
+        for chunk in manifest_chunks(inventory, scores, bins, selected_ids, kept_ids, chunk_rows):
             writer.write_table(chunk.cast(SCHEMA), row_group_size=chunk_rows)
             slim.append(chunk.select(SLIM))
     return pa.concat_tables(slim)
@@ -77,7 +77,6 @@ def manifest_chunks(
     selected_ids: np.ndarray,
     kept_ids: np.ndarray,
     chunk_rows: int = CHUNK_ROWS,
-    status_codes: bool = False,
 ) -> Iterator[pa.Table]:
     """Join the stages' outputs on sample_id into manifest rows, `chunk_rows` at a time in sample_id order.
 
@@ -86,7 +85,7 @@ def manifest_chunks(
     bins: sample_id, bin, rank (inputs that were binned); selected_ids: the sampler's choice;
     kept_ids: sample ids stored in the dataset. A selected input missing from the dataset (it could not be
     read again by the patch stage) is rejected with that reason, never dropped silently.
-    status_codes: the status column as int8 dictionary codes (SCHEMA's string after a cast).
+    Chunks follow SCHEMA except for the status, int8 dictionary codes (SCHEMA's string after a cast).
     Only O(N) integer columns are computed for all rows at once; the strings are built per chunk.
     """
     ids = inventory["sample_id"].to_numpy()
@@ -118,14 +117,14 @@ def manifest_chunks(
             {
                 **{name: table[name] for name in ("sample_id", "label", "class_name", "nbytes")},
                 "path": redact_column(table["path"]),  # an input given as s3://KEY:SECRET@bucket/ lists such paths
-                "status": codes if status_codes else codes.cast(pa.string()),
+                "status": codes,
                 "reason": redact_column(reason.cast(pa.string())),
                 "note": part["note"],
                 "bin": pa.array(b["bin"][lo:hi]),
                 "rank": pa.array(b["rank"][lo:hi]),
                 "texture": part["texture"].cast(pa.float32()),
             },
-            schema=SCHEMA if not status_codes else _CODED,
+            schema=_CODED,
         )
 
 

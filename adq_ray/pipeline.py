@@ -34,7 +34,7 @@ from adq_ray.patches.source import read_sources
 from adq_ray.quotas import select
 from adq_ray.quotas.adq import budget
 from adq_ray.redact import redact, redact_all
-from adq_ray.resources import actor_options, batch_size, decode_options, gpus
+from adq_ray.resources import actor_options, batch_size, decode_options, gpus, init_ray
 from adq_ray.tables import read_parquet, to_matrix, write_parquet
 from adq_ray.watchdog import watch
 from adq_ray.write import summary as summarize
@@ -123,7 +123,7 @@ def compress(config: Config, until: str = "write", overwrite: bool = False) -> d
         ownership.claim_output(config, overwrite)
         ownership.clean_staging(config)
         if not ray.is_initialized():
-            ray.init()
+            init_ray()
         storage.remove(storage.join(config.output, storage.SUCCESS))  # the output is about to change
         return _run(Run(config, listing=listing.digest, lock=lock), listing, until)
 

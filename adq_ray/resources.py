@@ -4,16 +4,38 @@
 - model actor pools (embed, patches, the restore reader): one GPU per actor and one actor per GPU, else
   `cpus_per_actor` per actor and one actor per CPU;
 - bin tasks: one GPU each and one per GPU, else one CPU each and one per CPU;
-- Ray Train workers (`adq evaluate`): one GPU each, else `cpus_per_actor`.
+- Ray Train workers (`adq evaluate`): one GPU each, else `cpus_per_actor`;
+- and the job's environment (`init_ray`): the driver's S3 endpoint and region, in every worker.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from typing import Any
+
 import ray
 
+from adq_ray import storage
 from adq_ray.config import Config
 
+JOB_CONFIG_VARIABLE = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # a submitted job's config, runtime_env included (Ray sets it)
 DECODE_CPUS = 0.5  # fractional, so small machines run several decode tasks at once
+
+
+def init_ray(address: str | None = None, **kwargs: Any) -> None:
+    """`ray.init(address, **kwargs)` with the driver's S3 endpoint and region in every worker's environment.
+
+    Workers on other nodes start from their node's environment: without this, an `AWS_ENDPOINT_URL` (MinIO,
+    Ceph) set only where the driver runs would send the workers' own reads to AWS. Variables that the
+    submitted job's runtime_env already sets are left to it (Ray refuses a key given twice).
+    """
+    job = json.loads(os.environ.get(JOB_CONFIG_VARIABLE) or "{}").get("runtime_env") or {}
+    runtime_env = dict(kwargs.pop("runtime_env", None) or {})
+    env = {**storage.worker_env(job.get("env_vars")), **runtime_env.get("env_vars", {})}
+    if env:
+        runtime_env["env_vars"] = env
+    ray.init(address=address, runtime_env=runtime_env or None, **kwargs)
 
 
 def gpus(config: Config) -> int:

@@ -150,6 +150,19 @@ def retry(fn: Callable[..., T], *args: Any, what: str, policy: RetryPolicy | Non
     raise AssertionError("unreachable")
 
 
+S3_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")  # where S3 is; never credentials
+
+
+def worker_env(job_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The driver's `S3_VARIABLES` that are set, less those the job's own runtime_env (`job_env`) sets.
+
+    Ray workers start from their node's environment, not the driver's; `resources.init_ray` hands them these
+    so that their own reads (patch sources, bin tasks, weights) reach the same endpoint as the driver's.
+    Credentials stay with each node's chain: a runtime_env is visible to anyone who can read the dashboard.
+    """
+    return {k: os.environ[k] for k in S3_VARIABLES if os.environ.get(k) and k not in (job_env or {})}
+
+
 def endpoint(uri: str) -> str:
     """The object-store endpoint a URI reaches ("local" for local paths), for error messages."""
     if not is_remote(uri):
@@ -163,7 +176,8 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path, file:// or s3:// URL.
 
     An S3 endpoint set on the driver (`AWS_ENDPOINT_URL`) is pinned into the filesystem object, so it
-    travels with it to Ray workers whose environment lacks it; credentials stay with each node's chain
+    travels with it to Ray workers whose environment lacks it (and `resources.init_ray` sets it in the
+    workers' environment for the filesystems they resolve themselves); credentials stay with each node's chain
     (or come from the URI, `s3://KEY:SECRET@bucket/...`). So do the retry strategy and the timeouts of
     the current `policy()`.
     """

@@ -70,9 +70,9 @@ def run(argv: list[str]) -> int:
     report = demo and "--output" not in argv
     if demo:
         argv = demo_argv(argv)
-    import ray
+    from adq_ray.resources import init_ray
 
-    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    init_ray(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
     status = main(["compress", *argv])
     if report and status == 0:
         print(json.dumps({"report": str(ROOT / "outputs" / "cifar10-demo" / "report" / "report.html")}))

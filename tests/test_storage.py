@@ -41,3 +41,49 @@ def test_remove_file_and_dir(tmp_path):
     storage.remove(str(tmp_path / "d"))
     assert not (tmp_path / "d").exists()
     storage.remove(str(tmp_path / "absent"))  # no error
+
+
+WORKER_READ = """
+import os, sys
+import ray
+from ray.cluster_utils import Cluster
+from adq_ray import resources, storage
+
+driver = os.environ["AWS_ENDPOINT_URL"]
+os.environ["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9"  # the nodes' own environment: nothing listens there
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+os.environ["AWS_ENDPOINT_URL"] = driver
+
+
+@ray.remote
+def read(uri):
+    storage.configure(storage.RetryPolicy(attempts=1, connect_timeout=2, request_timeout=5, deadline=0))
+    try:
+        return storage.read_bytes(uri).decode()
+    except storage.StorageError as err:
+        return f"failed: {err}"
+
+
+for init in (ray.init, resources.init_ray):
+    init(address=cluster.address, log_to_driver=False)
+    print(init.__name__, ray.get(read.remote(sys.argv[1])), flush=True)
+    ray.shutdown()
+cluster.shutdown()
+"""
+
+
+def test_workers_read_from_the_driver_s3_endpoint(s3_server, tmp_path):
+    """A worker that resolves s3:// itself reaches the driver's AWS_ENDPOINT_URL, not its node's (init_ray)."""
+    import subprocess
+    import sys
+
+    uri = make_bucket("worker-env") + "/hello.txt"
+    storage.write_bytes(uri, b"hello")
+    script = tmp_path / "worker_read.py"
+    script.write_text(WORKER_READ)
+    out = subprocess.run([sys.executable, str(script), uri], capture_output=True, text=True, timeout=180)
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line.startswith(("init ", "init_ray ")))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert lines["init"].startswith("failed: "), lines  # plain ray.init: the worker used its node's endpoint
+    assert "127.0.0.1:9" in lines["init"] or "onnect" in lines["init"], lines
+    assert lines["init_ray"] == "hello", lines

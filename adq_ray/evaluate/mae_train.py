@@ -105,7 +105,7 @@ def train_mae(
     cluster has GPUs, else `config.cpus_per_actor` (`resources.train_workers`), unless given.
     """
     if not ray.is_initialized():
-        ray.init()
+        resources.init_ray()
     workers = resources.train_workers(config)
     use_gpu = workers["use_gpu"] if use_gpu is None else use_gpu
     cpus_per_worker = workers["cpus_per_worker"] if cpus_per_worker is None else cpus_per_worker

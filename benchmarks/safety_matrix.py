@@ -33,13 +33,11 @@ from adq_ray.config import Config
 from adq_ray.ingest import list_inputs
 from adq_ray.tables import read_parquet
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from util import TINY_MODELS  # noqa: E402  (the tests' tiny offline models: random CIFAR ResNet-20 at 32 px)
+
 TINY = dict(
-    image_size=32,
-    backbone="cifar_resnet20",
-    backbone_weights="random",
-    cam_model="cifar_resnet20",
-    cam_weights="random",
-    cam_layer="layer3",
+    **TINY_MODELS,
     patch_image_size=32,
     patch_size=16,
     num_bins=2,

@@ -44,7 +44,7 @@ def test_remove_file_and_dir(tmp_path):
 
 
 WORKER_READ = """
-import os, sys
+import json, os, sys
 import ray
 from ray.cluster_utils import Cluster
 from adq_ray import resources, storage
@@ -68,6 +68,12 @@ for init in (ray.init, resources.init_ray):
     init(address=cluster.address, log_to_driver=False)
     print(init.__name__, ray.get(read.remote(sys.argv[1])), flush=True)
     ray.shutdown()
+# A submitted job whose runtime_env sets one of the variables: Ray refuses a key given twice, so init_ray
+# leaves that one to the job and still hands over the endpoint.
+os.environ[resources.JOB_CONFIG_VARIABLE] = json.dumps({"runtime_env": {"env_vars": {"AWS_REGION": "us-east-1"}}})
+resources.init_ray(address=cluster.address, log_to_driver=False)
+print("submitted", ray.get(read.remote(sys.argv[1])), flush=True)
+ray.shutdown()
 cluster.shutdown()
 """
 
@@ -82,8 +88,23 @@ def test_workers_read_from_the_driver_s3_endpoint(s3_server, tmp_path):
     script = tmp_path / "worker_read.py"
     script.write_text(WORKER_READ)
     out = subprocess.run([sys.executable, str(script), uri], capture_output=True, text=True, timeout=180)
-    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line.startswith(("init ", "init_ray ")))
+    lines = dict(
+        line.split(" ", 1) for line in out.stdout.splitlines() if line.startswith(("init ", "init_ray ", "submitted "))
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert lines["init"].startswith("failed: "), lines  # plain ray.init: the worker used its node's endpoint
     assert "127.0.0.1:9" in lines["init"] or "onnect" in lines["init"], lines
     assert lines["init_ray"] == "hello", lines
+    assert lines["submitted"] == "hello", lines
+
+
+def test_worker_env_names_where_s3_is_never_credentials(monkeypatch):
+    for k, v in {
+        "AWS_ENDPOINT_URL": "http://minio:9000",
+        "AWS_REGION": "eu-west-1",
+        "AWS_SECRET_ACCESS_KEY": "s",
+    }.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    assert storage.worker_env() == {"AWS_ENDPOINT_URL": "http://minio:9000", "AWS_REGION": "eu-west-1"}
+    assert storage.worker_env({"AWS_REGION": "us-east-1"}) == {"AWS_ENDPOINT_URL": "http://minio:9000"}

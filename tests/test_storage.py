@@ -1,3 +1,9 @@
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
 import pytest
 from util import make_bucket
 
@@ -44,7 +50,7 @@ def test_remove_file_and_dir(tmp_path):
 
 
 WORKER_READ = """
-import json, os, sys
+import atexit, json, os, sys
 import ray
 from ray.cluster_utils import Cluster
 from adq_ray import resources, storage
@@ -53,6 +59,7 @@ driver = os.environ["AWS_ENDPOINT_URL"]
 os.environ["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9"  # the nodes' own environment: nothing listens there
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
 os.environ["AWS_ENDPOINT_URL"] = driver
+atexit.register(cluster.shutdown)  # also when an assertion below fails: no head outlives the test
 
 
 @ray.remote
@@ -74,20 +81,23 @@ os.environ[resources.JOB_CONFIG_VARIABLE] = json.dumps({"runtime_env": {"env_var
 resources.init_ray(address=cluster.address, log_to_driver=False)
 print("submitted", ray.get(read.remote(sys.argv[1])), flush=True)
 ray.shutdown()
-cluster.shutdown()
 """
 
 
 def test_workers_read_from_the_driver_s3_endpoint(s3_server, tmp_path):
     """A worker that resolves s3:// itself reaches the driver's AWS_ENDPOINT_URL, not its node's (init_ray)."""
-    import subprocess
-    import sys
-
     uri = make_bucket("worker-env") + "/hello.txt"
     storage.write_bytes(uri, b"hello")
     script = tmp_path / "worker_read.py"
     script.write_text(WORKER_READ)
-    out = subprocess.run([sys.executable, str(script), uri], capture_output=True, text=True, timeout=180)
+    # Its own Ray temp dir: a Cluster writes its address where a plain `ray.init()` on this machine would find
+    # and join it (short, for Ray's socket paths).
+    ray_tmp = tempfile.mkdtemp(prefix="adqr", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    try:
+        out = subprocess.run([sys.executable, str(script), uri], capture_output=True, text=True, timeout=180, env=env)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     lines = dict(
         line.split(" ", 1) for line in out.stdout.splitlines() if line.startswith(("init ", "init_ray ", "submitted "))
     )

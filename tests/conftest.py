@@ -17,11 +17,12 @@ def ray_session(s3_server):
     """A real local Ray cluster, started once (ray.init costs seconds).
 
     Started after the S3 server so that its workers inherit the AWS_* variables, as cluster nodes
-    carry their own credentials.
+    carry their own credentials. Always a new instance (`address="local"`): a plain `ray.init()` joins any
+    cluster whose address another process left in /tmp/ray on this machine.
     """
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     yield ray
     ray.shutdown()
 

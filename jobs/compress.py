@@ -27,7 +27,9 @@ PATH_FLAGS = ("config", "input", "output", "cache", "backbone_weights", "contras
 
 def submitted() -> bool:
     """True inside a job started by `ray job submit` (its supervisor hands the driver a job config)."""
-    return "job_submission_id" in os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "")
+    from adq_ray.resources import JOB_CONFIG_VARIABLE
+
+    return "job_submission_id" in os.environ.get(JOB_CONFIG_VARIABLE, "")
 
 
 def relative_paths(argv: list[str]) -> list[str]:

@@ -92,6 +92,19 @@ def quiet_ray_data() -> None:
     logging.getLogger("ray.data._internal.progress").addFilter(lambda r: "Progress bars disabled" not in r.getMessage())
 
 
+def _retry_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-failures",
+        type=int,
+        default=2,
+        help="restart a failed Ray Train worker group (a killed worker, a lost node) up to N times from its "
+        "latest checkpoint (default: 2)",
+    )
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=5, help="checkpoint the training state every N epochs (default: 5)"
+    )
+
+
 def _absolute(path: str) -> str:
     """Local paths made absolute, as Config does; URLs unchanged."""
     return path if "://" in path else os.path.abspath(os.path.expanduser(path))
@@ -133,6 +146,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--mae", default="", help="MAE arch:weights (e.g. mae_vit_large_patch16:s3://b/mae.pth); empty = mean fill"
     )
+    _retry_flags(e)
     _field_flags(e)
     m = sub.add_parser("train-mae", help="pretrain an MAE on the training images (Ray Train) for reconstruction")
     m.add_argument("--config", help="YAML file of config fields (input, output, patch_image_size, patch_size, ...)")
@@ -150,6 +164,7 @@ def parser() -> argparse.ArgumentParser:
         "a reconstruction MAE needs plain pixels (default: off)",
     )
     m.add_argument("--checkpoint", default="", help="where to save it (default: <output>/mae/checkpoint.pth)")
+    _retry_flags(m)
     m.add_argument(
         "--workers", type=int, default=1, help="Ray Train workers, one GPU each on a GPU cluster (default: 1)"
     )
@@ -185,23 +200,31 @@ def main(argv: list[str] | None = None) -> int:
         quiet_ray_data()
         if args.command == "evaluate":
             from adq_ray.evaluate.arms import evaluate
+            from adq_ray.evaluate.resume import check_retries
             from adq_ray.evaluate.train import Recipe
             from adq_ray.models.weights import check_weights
 
             check_weights(config, extra=[args.mae.partition(":")[2]] if args.mae else [])
             recipe = Recipe(model=args.model, epochs=args.epochs, batch_size=args.train_batch_size)
+            check_retries(args.max_failures, args.checkpoint_every)
             result = evaluate(
-                config, args.test, recipe, mae=args.mae, workers=args.workers, seeds=args.seeds, dq_cell=args.dq_cell
-            )
+                config, args.test, recipe, mae=args.mae, workers=args.workers, seeds=args.seeds, dq_cell=args.dq_cell,
+                max_failures=args.max_failures, checkpoint_every=args.checkpoint_every,
+            )  # fmt: skip
         elif args.command == "train-mae":
             from adq_ray.evaluate.mae_train import MaeRecipe, train_mae
+            from adq_ray.evaluate.resume import check_retries
 
             recipe = MaeRecipe(
                 size=args.size, epochs=args.epochs, batch_size=args.mae_batch_size, base_lr=args.base_lr,
                 warmup_epochs=args.warmup_epochs, mask_ratio=args.train_mask_ratio,
                 norm_pix_loss=args.norm_pix_loss, seed=config.seed,
             )  # fmt: skip
-            result = train_mae(config, recipe, args.checkpoint, num_workers=args.workers)
+            check_retries(args.max_failures, args.checkpoint_every)
+            result = train_mae(
+                config, recipe, args.checkpoint, num_workers=args.workers,
+                max_failures=args.max_failures, checkpoint_every=args.checkpoint_every,
+            )  # fmt: skip
         else:
             from adq_ray.pipeline import compress, resample
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from util import CIFAR_TAR
+from util import CIFAR_TAR, crash_once
 
 from adq_ray.cli import main
 from adq_ray.config import Config, ConfigError
@@ -74,11 +74,22 @@ def test_recipe_rejects_bad_values():
 
 
 def test_train_mae_tiny_learns_and_its_checkpoint_loads_strictly(ray_session, tmp_path):
-    """Real Ray Train on 120 CIFAR images at 32 px in 4 px patches: loss falls, load_mae reads it strictly."""
+    """Real Ray Train on 120 CIFAR images at 32 px in 4 px patches: loss falls, load_mae reads it strictly.
+
+    The worker is killed after epoch 3: the run goes on from the latest checkpoint (after epoch 3, or 2
+    when Ray Train's controller had not yet polled epoch 3's report), not from scratch.
+    """
     train = extract_cifar_subset(CIFAR_TAR, tmp_path / "train", per_class=12, split="train")
     config = Config(input=str(train), output=str(tmp_path / "out"), patch_image_size=32, patch_size=4)
     recipe = MaeRecipe(size="tiny", epochs=5, batch_size=32, base_lr=2e-3, warmup_epochs=1, holdout_every=10)
-    result = train_mae(config, recipe, num_workers=1, cpus_per_worker=0.5)
+    marker = tmp_path / "crashed"
+    result = train_mae(
+        config, recipe, num_workers=1, cpus_per_worker=0.5, max_failures=1, checkpoint_every=1,
+        on_epoch=crash_once(marker, epoch=3),
+    )  # fmt: skip
+    epochs = open(f"{marker}.log").read().split()
+    assert marker.exists() and epochs in ("1 2 3 4 5".split(), "1 2 3 3 4 5".split()), epochs
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3, 4, 5]
     losses = [h["loss"] for h in result["history"]]
     assert len(losses) == 5 and all(math.isfinite(x) for x in losses)
     assert losses[-1] < 0.8 * losses[0], losses
@@ -106,3 +117,5 @@ def test_train_mae_command_line(ray_session, tmp_path, capsys):
     assert load_mae("mae_vit_tiny", str(out / "mae" / "checkpoint.pth")).grid == 4
     assert main(["train-mae", "--input", str(train), "--output", str(out), "--epochs", "0"]) == 2
     assert "epochs" in capsys.readouterr().err
+    assert main(["train-mae", "--input", str(train), "--output", str(out), "--max-failures", "-1"]) == 2
+    assert "max_failures must be >= 0" in capsys.readouterr().err

@@ -31,6 +31,19 @@ needs_shared = pytest.mark.skipif(
 )
 
 
+def crash_once(marker: Path, epoch: int):
+    """An `on_epoch` hook for Ray Train loops: log each epoch to `marker`.log, kill the worker once after `epoch`."""
+
+    def hook(record):
+        with open(f"{marker}.log", "a") as log:
+            log.write(f"{record['epoch']}\n")
+        if record["epoch"] == epoch and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)  # a hard crash: no exception, no cleanup, as an OOM kill or a lost node
+
+    return hook
+
+
 def make_bucket(name: str) -> str:
     """Create a bucket on the loopback S3 server (needs `s3_server`); returns its s3:// URL."""
     import pyarrow.fs as pafs

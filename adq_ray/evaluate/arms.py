@@ -63,12 +63,16 @@ def evaluate(
     workers: int = 1,
     seeds: int = 1,
     dq_cell: bool = True,
+    max_failures: int = 2,
+    checkpoint_every: int = 5,
 ) -> list[dict[str, Any]]:
     """Compress with each arm's sampler, train `seeds` classifiers per arm (plus full data), write table, plot, report.
 
     test: ImageFolder of the test split; mae: "arch:weights" for MAE reconstruction ("" = mean fill);
     recipe.num_classes is set from the input. The random, DQ and ADQ arms are checked to train on the
     same number of images. One row per (arm, seed), with `seed`, `method` and the arm's ratios.
+    A failed training run restarts up to `max_failures` times from its latest checkpoint
+    (every `checkpoint_every` epochs).
     """
     names = [*EQUAL_BUDGET, *(["dq-cell"] if dq_cell else [])]
     summaries = {}
@@ -104,7 +108,7 @@ def evaluate(
         rows += evaluate_arms(
             arms, test_ds, recipe.replace(seed=seed), metadata={k: {**v, "seed": seed} for k, v in meta.items()},
             num_workers=max(1, workers), storage_path=runs if storage.is_remote(runs) else storage.resolve(runs)[1],
-            **resources.train_workers(config),
+            max_failures=max_failures, checkpoint_every=checkpoint_every, **resources.train_workers(config),
         )  # fmt: skip
     check_equal_budgets(rows)
     write_table(rows, storage.join(config.output, "evaluation"))

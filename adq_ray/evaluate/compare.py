@@ -32,11 +32,14 @@ def evaluate_arms(
     use_gpu: bool = False,
     cpus_per_worker: float = 1.0,
     storage_path: str | None = None,
+    max_failures: int = 0,
+    checkpoint_every: int = 5,
 ) -> list[dict[str, Any]]:
     """Train and test one classifier per arm, one arm after another; one row per arm.
 
     `metadata[arm]` supplies sample_ratio and storage_ratio (and any extra columns, e.g. method);
     the row adds n_train, final_acc, best_acc, best_epoch, epochs and wall_s from training.
+    `max_failures` and `checkpoint_every` go to `train_and_test` (restarts from a checkpoint).
     """
     metadata = metadata or {}
     rows = []
@@ -49,6 +52,8 @@ def evaluate_arms(
             use_gpu=use_gpu,
             cpus_per_worker=cpus_per_worker,
             storage_path=storage_path,
+            max_failures=max_failures,
+            checkpoint_every=checkpoint_every,
             name=f"adq-eval-{re.sub(r'[^A-Za-z0-9_.-]+', '-', arm)}-{uuid.uuid4().hex[:8]}",
         )
         row = {"arm": arm, "sample_ratio": None, "storage_ratio": None, **metadata.get(arm, {})}

@@ -8,6 +8,7 @@ bf16 autocast and channels_last on CUDA.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -112,7 +113,8 @@ def fit(
     rank: int = 0,
     bf16: bool | None = None,
     channels_last: bool | None = None,
-    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    on_epoch: Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None] | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> list[dict[str, float]]:
     """Train from uint8 (N, 3, S, S) images and int64 (N,) labels held in memory; test after every epoch.
 
@@ -122,6 +124,11 @@ def fit(
     wrapper may be passed (each worker then trains on its own shard and the metrics are summed).
     bf16 autocast and channels_last default to on for CUDA. Returns one dict per epoch: epoch, lr,
     train_loss, train_acc, test_acc (None on untested epochs, `recipe.test_every`), n_train, n_test, epoch_s.
+
+    After every epoch `on_epoch(record, state)` is called; `state()` builds the `training_state` (the
+    model, optimizer, schedule, every worker's generator and the history so far; with several workers a
+    collective: call it on all of them or none). `fit(..., resume=state())` goes on from there and gives
+    the same history and weights as an uninterrupted run (bit-exact on CPU).
     """
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -147,8 +154,10 @@ def fit(
     if world > 1:
         dist.all_reduce(n_local, op=dist.ReduceOp.MIN)
     n_steps = -(-int(n_local) // batch_size)
-    history = []
-    for epoch in range(recipe.epochs):
+    history: list[dict[str, Any]] = []
+    if resume is not None:
+        history = restore_state(resume, net, optimizer, schedule, generator, rank, world, recipe)
+    for epoch in range(len(history), recipe.epochs):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         order = torch.randperm(len(train_images), generator=generator)[: n_steps * batch_size].to(device)
@@ -170,10 +179,79 @@ def fit(
             "n_test": len(test_images),
             "epoch_s": time.perf_counter() - start,
         }
-        if on_epoch is not None:
-            on_epoch(record)
         history.append(record)
+        if on_epoch is not None:
+            on_epoch(record, lambda: training_state(net, optimizer, schedule, generator, history, recipe))
     return history
+
+
+def training_state(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    history: list[dict[str, Any]],
+    recipe: Recipe,
+) -> dict[str, Any]:
+    """Everything `fit` needs to go on after `len(history)` epochs: a copy, for `torch.save` or `resume`.
+
+    The generators of all workers are gathered (a collective when there are several): each draws its
+    own shard's permutations and crops.
+    """
+    return copy.deepcopy(
+        {
+            "recipe": dataclasses.asdict(recipe),
+            "model": net.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "generators": all_generator_states(generator),
+            "history": history,
+        }
+    )
+
+
+def all_generator_states(generator: torch.Generator) -> list[torch.Tensor]:
+    """Every worker's CPU generator state, by rank (a collective with several workers; one entry without)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [generator.get_state()]
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, generator.get_state())
+    return states
+
+
+def restore_state(
+    state: dict[str, Any],
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    rank: int,
+    world: int,
+    recipe: Recipe,
+) -> list[dict[str, Any]]:
+    """Load a `training_state` into the run's objects in place; returns the history so far.
+
+    Refuses a state from another recipe or another number of workers (their shards and draws differ).
+    """
+    check_resumable(state, dataclasses.asdict(recipe), world)
+    net.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    generator.set_state(state["generators"][rank].cpu())
+    return list(state["history"])
+
+
+def check_resumable(state: dict[str, Any], recipe: dict[str, Any], world: int) -> None:
+    """Refuse a saved state whose recipe (a dict) or number of workers differs from this run's."""
+    saved = state["recipe"]
+    if saved != recipe:
+        changed = sorted(k for k in {*saved, *recipe} if saved.get(k) != recipe.get(k))
+        raise ValueError(f"cannot resume: the checkpoint was trained with another recipe ({', '.join(changed)} differ)")
+    if len(state["generators"]) != world:
+        raise ValueError(
+            f"cannot resume: the checkpoint was written by {len(state['generators'])} workers and this run has "
+            f"{world}; resume with the same number of workers"
+        )
 
 
 def _at_size(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -215,7 +293,6 @@ def _train_epoch(
     return loss_sum.item(), int(correct), seen
 
 
-@torch.no_grad()
 @torch.no_grad()
 def _test(
     net: nn.Module,

@@ -28,6 +28,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,8 @@ import torch.nn.functional as F
 
 from adq_ray import resources, storage
 from adq_ray.config import Config, ConfigError
+from adq_ray.evaluate import resume
+from adq_ray.evaluate.loop import all_generator_states, check_resumable
 from adq_ray.ingest import list_inputs, read_images
 from adq_ray.models import normalize
 from adq_ray.models.mae import ARCHS, MAE_SIZES, load_mae, masked_psnr, random_keep, reconstruction_loss, warmup_cosine
@@ -96,14 +99,21 @@ def train_mae(
     num_workers: int = 1,
     use_gpu: bool | None = None,
     cpus_per_worker: float | None = None,
+    max_failures: int = 2,
+    checkpoint_every: int = 5,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Pretrain an MAE on `config.input` at `config.patch_image_size` in `config.patch_size` patches.
 
     Writes the checkpoint to `checkpoint` (default `<output>/mae/checkpoint.pth`, local or s3://) and
     returns {checkpoint, arch, load ("arch:checkpoint" for `--mae`), history (per epoch: epoch, lr,
     loss, epoch_s), psnr (held-out, dB, MAE and mean fill), ...}. Workers take one GPU each when the
-    cluster has GPUs, else `config.cpus_per_actor` (`resources.train_workers`), unless given.
+    cluster has GPUs, else `config.cpus_per_actor` (`resources.train_workers`), unless given. With
+    `max_failures` > 0 the training state is checkpointed every `checkpoint_every` epochs and a failed
+    worker group restarts from the latest one (`adq_ray.evaluate.resume`). `on_epoch(record)` runs on
+    every worker after each epoch's report (logging, or fault injection in tests).
     """
+    resume.check_retries(max_failures, checkpoint_every)
     if not ray.is_initialized():
         resources.init_ray()
     workers = resources.train_workers(config)
@@ -127,13 +137,18 @@ def train_mae(
             "patch_size": config.patch_size,
             "checkpoint": checkpoint,
             "threads": max(1, int(cpus_per_worker)),
+            "max_failures": max_failures,
+            "checkpoint_every": checkpoint_every,
+            "on_epoch": on_epoch,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
         ),
-        run_config=ray.train.RunConfig(
-            name=f"adq-mae-{uuid.uuid4().hex[:12]}",
-            storage_path=runs if storage.is_remote(runs) else storage.resolve(runs)[1],
+        run_config=resume.run_config(
+            f"adq-mae-{uuid.uuid4().hex[:12]}",
+            runs if storage.is_remote(runs) else storage.resolve(runs)[1],
+            max_failures,
+            checkpoint_every,
         ),
         datasets={"train": train},
     )
@@ -168,7 +183,11 @@ def heldout_psnr(model: torch.nn.Module, images: torch.Tensor, mask_ratio: float
 
 
 def _train_loop(config: dict[str, Any]) -> list[dict[str, float]]:
-    """Runs on every Ray Train worker: its shard in memory as uint8 tensors, then the MAE recipe."""
+    """Runs on every Ray Train worker: its shard in memory as uint8 tensors, then the MAE recipe.
+
+    After a restart the model, optimizer, step and every worker's generator come from the latest
+    checkpoint, so the run goes on as it would have without the failure.
+    """
     recipe: MaeRecipe = config["recipe"]
     torch.set_num_threads(config["threads"])
     context = ray.train.get_context()
@@ -190,8 +209,17 @@ def _train_loop(config: dict[str, Any]) -> list[dict[str, float]]:
     optimizer = torch.optim.AdamW(_param_groups(net, recipe.weight_decay), lr=lr, betas=(0.9, 0.95))
     steps_per_epoch = max(1, len(images) // batch_size)  # drop_last, as the official loader
     total, warmup = recipe.epochs * steps_per_epoch, recipe.warmup_epochs * steps_per_epoch
-    history, step = [], 0
-    for epoch in range(recipe.epochs):
+    grid = {"img_size": config["img_size"], "patch_size": config["patch_size"]}
+    history: list[dict[str, Any]] = []
+    saved = resume.latest_state(device)  # after a restart: go on from the latest checkpoint
+    if saved is not None:
+        check_resumable(saved, {**dataclasses.asdict(recipe), **grid}, world)
+        net.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generators"][rank].cpu())
+        history = saved["history"]
+    step = len(history) * steps_per_epoch
+    for epoch in range(len(history), recipe.epochs):
         start = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
@@ -208,8 +236,19 @@ def _train_loop(config: dict[str, Any]) -> list[dict[str, float]]:
             "loss": loss_sum.item() / steps_per_epoch,
             "epoch_s": time.perf_counter() - start,
         }
-        ray.train.report(record)
         history.append(record)
+        state = None
+        if resume.due(epoch + 1, recipe.epochs, config["checkpoint_every"], config["max_failures"]):
+            state = {  # saved before the next step: no copy needed
+                "recipe": {**dataclasses.asdict(recipe), **grid},
+                "model": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generators": all_generator_states(generator),
+                "history": history,
+            }
+        resume.report(record, state)
+        if config["on_epoch"] is not None:
+            config["on_epoch"](record)
     if rank == 0:
         args = {
             "arch": recipe.arch,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ import ray.train
 import ray.train.torch
 import torch
 
+from adq_ray.evaluate import resume
 from adq_ray.evaluate.classifier import create_classifier
 from adq_ray.evaluate.loop import Recipe, best_epoch, fit, random_crop_flip, to_images
 
@@ -37,6 +39,9 @@ def train_and_test(
     cpus_per_worker: float = 1.0,
     storage_path: str | None = None,
     name: str | None = None,
+    max_failures: int = 0,
+    checkpoint_every: int = 5,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train `recipe.model` on `train` with a TorchTrainer and test it after every epoch.
 
@@ -44,16 +49,31 @@ def train_and_test(
     epochs, wall_s (resize + fit) and history (one dict per epoch: epoch, lr, train_loss, train_acc,
     test_acc, epoch_s). `storage_path` (local or s3://) holds Ray Train's run folder; each call gets
     a fresh `name` so a rerun never resumes an old run.
+
+    With `max_failures` > 0 the state is checkpointed every `checkpoint_every` epochs and Ray Train
+    restarts a failed worker group up to `max_failures` times from the latest one (`resume`): model,
+    optimizer, schedule and every worker's draws as they were (Ray Data may hand a worker its shard's
+    rows in another order). `on_epoch(record)` runs on every worker after each epoch's report (logging,
+    or fault injection in tests).
     """
+    resume.check_retries(max_failures, checkpoint_every)
     start = time.perf_counter()
     train, test = (_resized(dataset, recipe.image_size) for dataset in (train, test))
     trainer = ray.train.torch.TorchTrainer(
         _train_loop,
-        train_loop_config={"recipe": recipe, "threads": max(1, int(cpus_per_worker))},
+        train_loop_config={
+            "recipe": recipe,
+            "threads": max(1, int(cpus_per_worker)),
+            "max_failures": max_failures,
+            "checkpoint_every": checkpoint_every,
+            "on_epoch": on_epoch,
+        },
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
         ),
-        run_config=ray.train.RunConfig(name=name or f"adq-eval-{uuid.uuid4().hex[:12]}", storage_path=storage_path),
+        run_config=resume.run_config(
+            name or f"adq-eval-{uuid.uuid4().hex[:12]}", storage_path, max_failures, checkpoint_every
+        ),
         datasets={"train": train, "test": test},
         # Every worker tests on the whole test set: an equal split would drop rows.
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
@@ -91,7 +111,7 @@ def _train_loop(config: dict[str, Any]) -> list[dict[str, float]]:
     """Runs on every Ray Train worker; returns the per-epoch history (rank 0's reaches the driver).
 
     The worker's shard and the test set are read once into uint8 tensors on its device; every epoch
-    then shuffles, augments and trains from memory (`fit`).
+    then shuffles, augments and trains from memory (`fit`), from the latest checkpoint after a restart.
     """
     recipe: Recipe = config["recipe"]
     torch.set_num_threads(config["threads"])
@@ -103,10 +123,14 @@ def _train_loop(config: dict[str, Any]) -> list[dict[str, float]]:
     net = create_classifier(recipe.model, recipe.num_classes)
     model = ray.train.torch.prepare_model(net)
 
-    def report(record: dict[str, float]) -> None:
-        ray.train.report(record)
+    def report(record: dict[str, Any], state: Callable[[], dict[str, Any]]) -> None:
+        save = resume.due(record["epoch"], recipe.epochs, config["checkpoint_every"], config["max_failures"])
+        resume.report(record, state() if save else None)
+        if config["on_epoch"] is not None:
+            config["on_epoch"](record)
 
-    return fit(train_x, train_y, test_x, test_y, recipe, device, model=model, rank=rank, on_epoch=report)
+    start = resume.latest_state(device)
+    return fit(train_x, train_y, test_x, test_y, recipe, device, model=model, rank=rank, on_epoch=report, resume=start)
 
 
 def _collect(shard: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,67 @@
+"""Per-epoch checkpoints for the Ray Train loops, so a failed worker costs at most a few epochs.
+
+Thin plumbing around `ray.train.report` / `ray.train.get_checkpoint` (Ray Train V2): the training state
+is a plain dict (`loop.training_state`, `mae_train.mae_state`) saved with `torch.save` by the rank-0
+worker. With `max_failures` > 0, Ray Train restarts the worker group after a failure (a worker process
+killed, a node lost, an error) and the loops go on from the latest checkpoint; with 0 no checkpoint is
+written (a rerun of `adq evaluate` or `adq train-mae` starts a fresh run, never an old one).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import torch
+
+from adq_ray.config import ConfigError
+
+STATE_FILE = "state.pt"
+
+
+def check_retries(max_failures: int, checkpoint_every: int) -> None:
+    """Raise ConfigError unless max_failures >= 0 and checkpoint_every >= 1."""
+    failed = [
+        f"{name} must be >= {low} (got {value})"
+        for name, value, low in (("max_failures", max_failures, 0), ("checkpoint_every", checkpoint_every, 1))
+        if value < low
+    ]
+    if failed:
+        raise ConfigError("; ".join(failed))
+
+
+def run_config(name: str, storage_path: str | None, max_failures: int, checkpoint_every: int) -> ray.train.RunConfig:
+    """Ray Train's RunConfig: `max_failures` restarts, only the latest checkpoint kept."""
+    check_retries(max_failures, checkpoint_every)
+    return ray.train.RunConfig(
+        name=name,
+        storage_path=storage_path,
+        failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+    )
+
+
+def due(epoch: int, epochs: int, every: int, max_failures: int) -> bool:
+    """Whether the state after `epoch` (1-based) is saved: every `every` epochs, never the last or without retries."""
+    return max_failures > 0 and epoch % every == 0 and epoch < epochs
+
+
+def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+    """`ray.train.report` on every worker (a barrier); rank 0 attaches `state` as the checkpoint."""
+    if state is None or ray.train.get_context().get_world_rank() != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="adq-state-") as folder:
+        torch.save(state, Path(folder) / STATE_FILE)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def latest_state(device: torch.device) -> dict[str, Any] | None:
+    """The state of this run's latest checkpoint (after a restart), on `device`; None on a first attempt."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)

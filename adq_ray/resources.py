@@ -23,6 +23,11 @@ JOB_CONFIG_VARIABLE = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # a submitted job's config,
 DECODE_CPUS = 0.5  # fractional, so small machines run several decode tasks at once
 
 
+def job_config() -> dict[str, Any]:
+    """The config Ray's job supervisor hands a submitted job's driver ({"runtime_env", "metadata"}), else {}."""
+    return json.loads(os.environ.get(JOB_CONFIG_VARIABLE) or "{}")
+
+
 def init_ray(address: str | None = None, **kwargs: Any) -> None:
     """`ray.init(address, **kwargs)` with the driver's S3 endpoint and region in every worker's environment.
 
@@ -30,7 +35,7 @@ def init_ray(address: str | None = None, **kwargs: Any) -> None:
     Ceph) set only where the driver runs would send the workers' own reads to AWS. Variables that the
     submitted job's runtime_env already sets are left to it (Ray refuses a key given twice).
     """
-    job = json.loads(os.environ.get(JOB_CONFIG_VARIABLE) or "{}").get("runtime_env") or {}
+    job = job_config().get("runtime_env") or {}
     runtime_env = dict(kwargs.pop("runtime_env", None) or {})
     env = {**storage.worker_env(job.get("env_vars")), **runtime_env.get("env_vars", {})}
     if env:

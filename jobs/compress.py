@@ -26,10 +26,10 @@ PATH_FLAGS = ("config", "input", "output", "cache", "backbone_weights", "contras
 
 
 def submitted() -> bool:
-    """True inside a job started by `ray job submit` (its supervisor hands the driver a job config)."""
-    from adq_ray.resources import JOB_CONFIG_VARIABLE
+    """True inside a job started by `ray job submit` (its supervisor puts the submission id in the job config)."""
+    from adq_ray.resources import job_config
 
-    return "job_submission_id" in os.environ.get(JOB_CONFIG_VARIABLE, "")
+    return bool((job_config().get("metadata") or {}).get("job_submission_id"))
 
 
 def relative_paths(argv: list[str]) -> list[str]:

@@ -94,7 +94,11 @@ def test_submitted_job_rejects_relative_paths_before_starting(monkeypatch, capsy
     assert job.run(["--input", "data/x", "--output", "/abs/out", "--cam-weights", "w.pth"]) == 2
     err = capsys.readouterr().err
     assert "--input data/x, --cam-weights w.pth: relative paths are not allowed" in err and "/abs/out" not in err
+    # Only the supervisor's metadata marks a submission, not the words anywhere in the config.
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"env_vars": {"X": "job_submission_id"}}}))
+    assert not job.submitted()
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    assert not job.submitted()
     assert job.relative_paths(["--input", "s3://b/x", "--output", "/o", "--cam-weights", "hub"]) == []
 
 

@@ -147,6 +147,13 @@ def parser() -> argparse.ArgumentParser:
         "--mae", default="", help="MAE arch:weights (e.g. mae_vit_large_patch16:s3://b/mae.pth); empty = mean fill"
     )
     _retry_flags(e)
+    e.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the (arm, seed) runs an earlier `adq evaluate` into this output finished, and continue "
+        "unfinished ones from their latest checkpoint (after a lost driver); a changed input, config, test set, "
+        "MAE, recipe or worker count trains afresh",
+    )
     _field_flags(e)
     m = sub.add_parser("train-mae", help="pretrain an MAE on the training images (Ray Train) for reconstruction")
     m.add_argument("--config", help="YAML file of config fields (input, output, patch_image_size, patch_size, ...)")
@@ -209,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             check_retries(args.max_failures, args.checkpoint_every)
             result = evaluate(
                 config, args.test, recipe, mae=args.mae, workers=args.workers, seeds=args.seeds, dq_cell=args.dq_cell,
-                max_failures=args.max_failures, checkpoint_every=args.checkpoint_every,
+                max_failures=args.max_failures, checkpoint_every=args.checkpoint_every, resume=args.resume,
             )  # fmt: skip
         elif args.command == "train-mae":
             from adq_ray.evaluate.mae_train import MaeRecipe, train_mae

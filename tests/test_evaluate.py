@@ -5,7 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -27,7 +32,7 @@ from adq_ray.evaluate import (
     train_and_test,
     write_table,
 )
-from adq_ray.evaluate.compare import evaluation_table, summarize
+from adq_ray.evaluate.compare import evaluation_table, run_name, summarize
 from adq_ray.evaluate.loop import best_epoch
 from adq_ray.ingest.cifar import extract_cifar_subset
 
@@ -169,6 +174,80 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_session, tmp_path)
     assert [h["lr"] for h in result["history"]] == pytest.approx(
         [0.05 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)]
     )
+
+
+LOSE_THE_DRIVER = """
+import os, signal, sys
+import numpy as np
+import ray
+from adq_ray.evaluate import Recipe, train_and_test
+
+runs, log, data = sys.argv[1:4]
+driver = os.getpid()
+
+
+def lose_the_driver(record):  # on the worker: log the epoch; after epoch 3 the driver dies, as a lost head node
+    with open(log, "a") as f:
+        f.write(f"{record['epoch']}\\n")
+    if record["epoch"] == 3:
+        os.kill(driver, signal.SIGKILL)
+        os._exit(1)  # and the worker at once (else it may log an epoch 4 while Ray tears the job down)
+
+
+ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+items = np.load(data)
+rows = [{"image": image, "label": label} for image, label in zip(items["image"], items["label"])]
+recipe = Recipe(model="cifar_resnet20", num_classes=2, epochs=4, batch_size=16, lr=0.05)
+train_and_test(ray.data.from_items(rows[:64]), ray.data.from_items(rows[64:]), recipe, storage_path=runs,
+               name="lost-driver", max_failures=1, checkpoint_every=1, on_epoch=lose_the_driver)
+"""
+
+
+def test_a_run_whose_driver_died_goes_on_from_its_checkpoint_under_the_same_name(ray_session, tmp_path):
+    """A driver SIGKILLed after epoch 3 of 4 (its Ray and the run die with it); a new driver starting the run
+    under the same name and storage_path goes on from a checkpoint (Ray Train V2 restores the run's record),
+    never from scratch, and returns the whole history."""
+    data = two_colours(80, 32, seed=0)
+    np.savez(tmp_path / "data.npz", **data)
+    marker, runs = tmp_path / "resumed", str(tmp_path / "runs")
+    script = tmp_path / "lose_the_driver.py"
+    script.write_text(LOSE_THE_DRIVER)
+    ray_tmp = tempfile.mkdtemp(prefix="adqd", dir="/tmp")  # its own Ray, not the session's (short socket paths)
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONPATH": os.pathsep.join(sys.path)}
+    try:
+        args = [sys.executable, str(script), runs, str(tmp_path / "lost.log"), str(tmp_path / "data.npz")]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert out.returncode == -9, out.stderr[-3000:]
+    assert (tmp_path / "lost.log").read_text().split() == ["1", "2", "3"]
+    train = ray_session.data.from_items(as_items({k: v[:64] for k, v in data.items()}))
+    test = ray_session.data.from_items(as_items({k: v[64:] for k, v in data.items()}))
+    recipe = Recipe(model="cifar_resnet20", num_classes=2, epochs=4, batch_size=16, lr=0.05)
+    result = train_and_test(
+        train, test, recipe, storage_path=runs, name="lost-driver", max_failures=1, checkpoint_every=1,
+        on_epoch=crash_once(marker, epoch=0),  # logs only
+    )  # fmt: skip
+    epochs = [int(e) for e in open(f"{marker}.log").read().split()]
+    assert epochs[-1] == 4 and epochs == list(range(epochs[0], 5)) and epochs[0] >= 2, epochs  # not from epoch 1
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3, 4] and result["n_train"] == 64
+
+
+def test_run_names_are_fresh_without_a_key_and_follow_data_recipe_and_workers_with_one():
+    assert run_name("dq cell", None, TINY, 1, False) != run_name("dq cell", None, TINY, 1, False)
+    assert run_name("dq cell", None, TINY, 1, False).startswith("adq-eval-dq-cell-")
+    same = run_name("adq", "k", TINY, 1, False)
+    assert same == run_name("adq", "k", TINY, 1, False) and same.startswith("adq-eval-adq-")
+    changed = [
+        run_name("adq", "other", TINY, 1, False),
+        run_name("adq", "k", TINY.replace(seed=1), 1, False),
+        run_name("adq", "k", TINY.replace(epochs=2), 1, False),
+        run_name("adq", "k", TINY, 2, False),
+        run_name("adq", "k", TINY, 1, True),
+    ]
+    assert len({same, *changed}) == 6
+    with pytest.raises(ValueError, match="storage_path"):
+        evaluate_arms({}, None, TINY, keys={"adq": "k"})
 
 
 def test_training_learns_a_separable_set_from_larger_images(ray_session, tmp_path):

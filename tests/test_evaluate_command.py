@@ -9,9 +9,11 @@ import pytest
 import torch
 from util import CIFAR_TAR
 
-from adq_ray.cli import main
+from adq_ray.cli import build_config, main, parser
 from adq_ray.errors import InputError
+from adq_ray.evaluate.arms import data_keys
 from adq_ray.ingest.cifar import extract_cifar_subset
+from adq_ray.layout import Layout
 from adq_ray.quotas.adq import budget
 from adq_ray.quotas.selection import select
 
@@ -25,10 +27,11 @@ def test_evaluate_trains_every_arm_and_reports(ray_session, tmp_path):
         "--epochs", "1", "--model", "cifar_resnet20", "--train-batch-size", "32",
         "--image-size", "32", "--backbone", "cifar_resnet20", "--backbone-weights", "random",
         "--cam-model", "cifar_resnet20", "--cam-weights", "random", "--cam-layer", "layer3",
-        "--patch-image-size", "64", "--num-bins", "3", "--rho", "0.25", "--batch-size", "32",
+        "--patch-image-size", "64", "--num-bins", "3", "--rho", "0.25", "--batch-size", "32", "--resume",
     ]  # fmt: skip
     assert main(argv) == 0
-    rows = {r["arm"]: r for r in json.loads((out / "evaluation" / "evaluation.json").read_text())}
+    table = (out / "evaluation" / "evaluation.json").read_text()
+    rows = {r["arm"]: r for r in json.loads(table)}
     assert set(rows) == {"full", "random", "dq", "adq", "dq-cell"}
     assert rows["full"]["n_train"] == 120
     # Equal budgets: random, DQ (DQ's bins, alpha 0, one global budget) and ADQ train on B images each.
@@ -41,6 +44,21 @@ def test_evaluate_trains_every_arm_and_reports(ray_session, tmp_path):
     assert len(embeds) == 1
     html = (out / "adq" / "report" / "report.html").read_text()
     assert "accuracy.png" in html and all(arm in html for arm in rows)
+    # --resume: a rerun reads every finished (arm, seed) run back (same wall_s: nothing trained again) ...
+    runs = sorted(p.name for p in (out / "train").iterdir())
+    assert len(runs) == 5 and all((out / "train" / run / "adq-result.json").exists() for run in runs)
+    assert main(argv) == 0
+    assert (out / "evaluation" / "evaluation.json").read_text() == table
+    assert sorted(p.name for p in (out / "train").iterdir()) == runs
+    # ... and any change to the data trains afresh: it changes the arm's key, so its runs' names.
+    config = build_config(parser().parse_args(argv))
+    names = ["full", "random", "dq", "adq", "dq-cell"]
+    keys = data_keys(config, Layout(config), names, "test", "")
+    assert len(set(keys.values())) == 5 and keys == data_keys(config, Layout(config), names, "test", "")
+    assert data_keys(config, Layout(config), names, "other test", "")["adq"] != keys["adq"]
+    assert data_keys(config, Layout(config), names, "test", "mae:w.pth")["full"] != keys["full"]
+    next((train / "airplane").iterdir()).unlink()  # a new input listing: the full arm's data changed
+    assert data_keys(config, Layout(config), names, "test", "")["full"] != keys["full"]
 
 
 def test_dq_sampler_warns_on_drift_and_refuses_an_empty_selection(caplog):

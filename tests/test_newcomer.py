@@ -95,7 +95,9 @@ def test_submitted_job_rejects_relative_paths_before_starting(monkeypatch, capsy
     err = capsys.readouterr().err
     assert "--input data/x, --cam-weights w.pth: relative paths are not allowed" in err and "/abs/out" not in err
     # Only the supervisor's metadata marks a submission, not the words anywhere in the config.
-    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"env_vars": {"X": "job_submission_id"}}}))
+    monkeypatch.setenv(
+        "RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"env_vars": {"X": "job_submission_id"}}})
+    )
     assert not job.submitted()
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
     assert not job.submitted()

@@ -8,6 +8,8 @@ from the sources.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from typing import Any
 
@@ -18,7 +20,7 @@ from adq_ray.config import Config
 from adq_ray.errors import InputError
 from adq_ray.evaluate.compare import evaluate_arms, write_table
 from adq_ray.evaluate.train import Recipe
-from adq_ray.ingest import Inventory, list_inputs, read_images
+from adq_ray.ingest import Inventory, list_inputs, read_images, walk_input
 from adq_ray.layout import Layout
 from adq_ray.patches.reconstruct import read_reconstructed
 from adq_ray.pipeline import compress
@@ -65,6 +67,7 @@ def evaluate(
     dq_cell: bool = True,
     max_failures: int = 2,
     checkpoint_every: int = 5,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
     """Compress with each arm's sampler, train `seeds` classifiers per arm (plus full data), write table, plot, report.
 
@@ -72,7 +75,9 @@ def evaluate(
     recipe.num_classes is set from the input. The random, DQ and ADQ arms are checked to train on the
     same number of images. One row per (arm, seed), with `seed`, `method` and the arm's ratios.
     A failed training run restarts up to `max_failures` times from its latest checkpoint
-    (every `checkpoint_every` epochs).
+    (every `checkpoint_every` epochs). With `resume`, a rerun reads back the (arm, seed) runs that finished
+    under `<output>/train` and continues the unfinished ones from their latest checkpoint, as long as the
+    arm's data, the test set, the MAE, the recipe and the workers are unchanged (`data_keys`, `run_name`).
     """
     names = [*EQUAL_BUDGET, *(["dq-cell"] if dq_cell else [])]
     summaries = {}
@@ -84,7 +89,8 @@ def evaluate(
                 raise
             log.warning("adq evaluate: the dq-cell arm is left out: %s", err)
     mae_arch, _, weights = mae.partition(":")
-    inventory = Layout(config).load_inventory()  # listed once, by the arms' shared embed stage
+    layout = Layout(config)
+    inventory = layout.load_inventory()  # listed once, by the arms' shared embed stage
     arms = {"full": decoded(config, inventory)}
     meta: dict[str, dict[str, Any]] = {"full": {"sample_ratio": None, "storage_ratio": 1.0, "method": "full"}}
     for name, summary in summaries.items():
@@ -100,7 +106,9 @@ def evaluate(
             **{k: summary[k] for k in ("sample_ratio", "data_keep_ratio", "storage_ratio") if k in summary},
         }
     test_config = config.replace(input=test)
-    test_ds = decoded(test_config, list_inputs(test_config))
+    test_listing = walk_input(test_config)
+    test_ds = decoded(test_config, list_inputs(test_config, test_listing))
+    keys = data_keys(config, layout, list(arms), test_listing.digest, mae) if resume else None
     recipe = recipe.replace(num_classes=len(inventory.classes))
     runs = storage.join(config.output, "train")  # Ray Train wants an absolute local path or a URL
     rows = []
@@ -108,12 +116,29 @@ def evaluate(
         rows += evaluate_arms(
             arms, test_ds, recipe.replace(seed=seed), metadata={k: {**v, "seed": seed} for k, v in meta.items()},
             num_workers=max(1, workers), storage_path=runs if storage.is_remote(runs) else storage.resolve(runs)[1],
-            max_failures=max_failures, checkpoint_every=checkpoint_every, **resources.train_workers(config),
+            max_failures=max_failures, checkpoint_every=checkpoint_every, keys=keys, **resources.train_workers(config),
         )  # fmt: skip
     check_equal_budgets(rows)
     write_table(rows, storage.join(config.output, "evaluation"))
     report(arm(config, "adq"), eval_rows=rows)
     return rows
+
+
+def data_keys(config: Config, layout: Layout, names: list[str], test_digest: str, mae: str) -> dict[str, str]:
+    """Per arm, a digest of what its training data and the test set depend on (`evaluate_arms` keys).
+
+    A compressed arm: the fingerprint its `compress` committed with the output (every config field and
+    the input listing); the full arm: the embed stage's (decoding, and the input listing; conservative:
+    a new backbone retrains it too). Both with the test listing's digest and the MAE.
+    """
+    keys = {"full": layout.fingerprint("embed")}
+    for name in names:
+        if name != "full":
+            keys[name] = storage.read_json(storage.join(arm(config, name).output, storage.SUCCESS))["fingerprint"]
+    return {
+        name: hashlib.sha256(json.dumps([key, test_digest, mae]).encode()).hexdigest()[:16]
+        for name, key in keys.items()
+    }
 
 
 def check_equal_budgets(rows: list[dict[str, Any]]) -> None:

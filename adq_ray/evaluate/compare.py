@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import io
 import json
+import logging
 import re
 import statistics
 import uuid
@@ -14,12 +17,14 @@ from typing import Any
 import ray.data
 from matplotlib.figure import Figure
 
-from adq_ray import storage
+from adq_ray import __version__, storage
 from adq_ray.evaluate.train import Recipe, train_and_test
 
+log = logging.getLogger("adq_ray")
 COLUMNS = ("arm", "n_train", "sample_ratio", "storage_ratio", "final_acc", "best_acc", "best_epoch", "epochs", "wall_s")
 TABLE_CSV = "evaluation.csv"
 TABLE_JSON = "evaluation.json"
+RESULT = "adq-result.json"  # a finished run's result, in its Ray Train run folder (`evaluate_arms` with keys)
 
 
 def evaluate_arms(
@@ -34,32 +39,63 @@ def evaluate_arms(
     storage_path: str | None = None,
     max_failures: int = 0,
     checkpoint_every: int = 5,
+    keys: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Train and test one classifier per arm, one arm after another; one row per arm.
 
     `metadata[arm]` supplies sample_ratio and storage_ratio (and any extra columns, e.g. method);
     the row adds n_train, final_acc, best_acc, best_epoch, epochs and wall_s from training.
     `max_failures` and `checkpoint_every` go to `train_and_test` (restarts from a checkpoint).
+
+    `keys[arm]`, a digest of what the arm's data (and the test set) depend on, makes its run resumable
+    (`run_name`): a run that finished under `storage_path` is read back instead of trained, and one that
+    stopped with its driver goes on from its latest checkpoint. Arms without a key train afresh.
     """
     metadata = metadata or {}
+    keys = keys or {}
+    if keys and storage_path is None:
+        raise ValueError("evaluate_arms: keys (resumable runs) need a storage_path to keep the runs in")
     rows = []
     for arm, train in arms.items():
-        result = train_and_test(
-            train,
-            test,
-            recipe,
-            num_workers=num_workers,
-            use_gpu=use_gpu,
-            cpus_per_worker=cpus_per_worker,
-            storage_path=storage_path,
-            max_failures=max_failures,
-            checkpoint_every=checkpoint_every,
-            name=f"adq-eval-{re.sub(r'[^A-Za-z0-9_.-]+', '-', arm)}-{uuid.uuid4().hex[:8]}",
-        )
+        name = run_name(arm, keys.get(arm), recipe, num_workers, use_gpu)
+        done = storage.join(storage_path, name, RESULT) if arm in keys and storage_path else None
+        if done and storage.exists(done):
+            result = storage.read_json(done)
+            log.info("adq evaluate: %s (seed %s) finished in an earlier run: %s", arm, recipe.seed, done)
+        else:
+            result = train_and_test(
+                train,
+                test,
+                recipe,
+                num_workers=num_workers,
+                use_gpu=use_gpu,
+                cpus_per_worker=cpus_per_worker,
+                storage_path=storage_path,
+                max_failures=max_failures,
+                checkpoint_every=checkpoint_every,
+                name=name,
+            )
+            if done:
+                storage.write_json(done, result)
         row = {"arm": arm, "sample_ratio": None, "storage_ratio": None, **metadata.get(arm, {})}
         row.update({key: result[key] for key in COLUMNS if key in result})
         rows.append({key: row[key] for key in _columns([row])})
     return rows
+
+
+def run_name(arm: str, key: str | None, recipe: Recipe, num_workers: int, use_gpu: bool) -> str:
+    """The Ray Train run name of `arm` trained with `recipe`: random without `key`, so the run starts afresh;
+    with it, `adq-eval-<arm>-<hash of key, recipe, workers, device, adq-ray version>`, the same in a rerun.
+
+    Ray Train V2 restores a run from the checkpoint record in `<storage_path>/<name>`: a rerun with the
+    same name goes on from the latest checkpoint, and any change to the data, recipe, seed or workers
+    gives a new name, so a run never resumes from another one's state.
+    """
+    arm_part = re.sub(r"[^A-Za-z0-9_.-]+", "-", arm)
+    if key is None:
+        return f"adq-eval-{arm_part}-{uuid.uuid4().hex[:8]}"
+    values = [key, dataclasses.asdict(recipe), num_workers, use_gpu, __version__]
+    return f"adq-eval-{arm_part}-{hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]}"
 
 
 def write_table(rows: list[dict[str, Any]], uri: str) -> list[str]:

@@ -4,7 +4,10 @@ Thin plumbing around `ray.train.report` / `ray.train.get_checkpoint` (Ray Train 
 is a plain dict (`loop.training_state`, `mae_train.mae_state`) saved with `torch.save` by the rank-0
 worker. With `max_failures` > 0, Ray Train restarts the worker group after a failure (a worker process
 killed, a node lost, an error) and the loops go on from the latest checkpoint; with 0 no checkpoint is
-written (a rerun of `adq evaluate` or `adq train-mae` starts a fresh run, never an old one).
+written. A run started again under the same name and storage_path (after its driver was lost) goes on
+from its latest checkpoint too: Ray Train V2 restores the run's checkpoint record from its folder.
+`adq evaluate --resume` names its runs so (`compare.run_name`); otherwise, and in `adq train-mae`, every
+run gets a fresh name and starts from scratch.
 """
 
 from __future__ import annotations

@@ -47,8 +47,9 @@ def train_and_test(
 
     Returns final_acc (last epoch), best_acc and best_epoch (DQ reports the best), n_train, n_test,
     epochs, wall_s (resize + fit) and history (one dict per epoch: epoch, lr, train_loss, train_acc,
-    test_acc, epoch_s). `storage_path` (local or s3://) holds Ray Train's run folder; each call gets
-    a fresh `name` so a rerun never resumes an old run.
+    test_acc, epoch_s). `storage_path` (local or s3://) holds Ray Train's run folder `name` (default: a
+    fresh one). A `name` that already has a run folder there goes on from that run's latest checkpoint:
+    give one only for the same data and recipe (`compare.run_name`).
 
     With `max_failures` > 0 the state is checkpointed every `checkpoint_every` epochs and Ray Train
     restarts a failed worker group up to `max_failures` times from the latest one (`resume`): model,

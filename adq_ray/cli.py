@@ -103,6 +103,13 @@ def _retry_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint-every", type=int, default=5, help="checkpoint the training state every N epochs (default: 5)"
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the training runs that an earlier run of this command into this output finished, and go on "
+        "with unfinished ones from their latest checkpoint (after a lost driver); a change to the data, config, "
+        "recipe or workers trains afresh",
+    )
 
 
 def _absolute(path: str) -> str:
@@ -147,13 +154,6 @@ def parser() -> argparse.ArgumentParser:
         "--mae", default="", help="MAE arch:weights (e.g. mae_vit_large_patch16:s3://b/mae.pth); empty = mean fill"
     )
     _retry_flags(e)
-    e.add_argument(
-        "--resume",
-        action="store_true",
-        help="reuse the (arm, seed) runs an earlier `adq evaluate` into this output finished, and continue "
-        "unfinished ones from their latest checkpoint (after a lost driver); a changed input, config, test set, "
-        "MAE, recipe or worker count trains afresh",
-    )
     _field_flags(e)
     m = sub.add_parser("train-mae", help="pretrain an MAE on the training images (Ray Train) for reconstruction")
     m.add_argument("--config", help="YAML file of config fields (input, output, patch_image_size, patch_size, ...)")
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             check_retries(args.max_failures, args.checkpoint_every)
             result = train_mae(
                 config, recipe, args.checkpoint, num_workers=args.workers,
-                max_failures=args.max_failures, checkpoint_every=args.checkpoint_every,
+                max_failures=args.max_failures, checkpoint_every=args.checkpoint_every, resume=args.resume,
             )  # fmt: skip
         else:
             from adq_ray.pipeline import compress, resample

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -111,10 +112,22 @@ def test_train_mae_command_line(ray_session, tmp_path, capsys):
     train = extract_cifar_subset(CIFAR_TAR, tmp_path / "train", per_class=4, split="train")
     out = tmp_path / "out"
     argv = ["train-mae", "--input", str(train), "--output", str(out), "--patch-image-size", "32"]
-    argv += ["--patch-size", "8", "--epochs", "1", "--mae-batch-size", "8", "--cpus-per-actor", "0.5"]
+    argv += ["--patch-size", "8", "--epochs", "1", "--mae-batch-size", "8", "--cpus-per-actor", "0.5", "--resume"]
     assert main(argv) == 0
-    assert (out / "mae" / "checkpoint.pth").exists()
-    assert load_mae("mae_vit_tiny", str(out / "mae" / "checkpoint.pth")).grid == 4
+    first = json.loads(capsys.readouterr().out)
+    checkpoint = out / "mae" / "checkpoint.pth"
+    assert checkpoint.exists() and load_mae("mae_vit_tiny", str(checkpoint)).grid == 4
+    # --resume again: the finished run is found by its name (nothing trains, the checkpoint stays) ...
+    written = checkpoint.stat().st_mtime_ns
+    assert main(argv) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["history"] == first["history"] and checkpoint.stat().st_mtime_ns == written
+    [run] = (out / "mae" / "runs").iterdir()
+    assert (run / "adq-result.json").exists()
+    # ... and another recipe is another run.
+    assert main([*argv, "--train-mask-ratio", "0.5"]) == 0
+    capsys.readouterr()
+    assert len(list((out / "mae" / "runs").iterdir())) == 2 and checkpoint.stat().st_mtime_ns != written
     assert main(["train-mae", "--input", str(train), "--output", str(out), "--epochs", "0"]) == 2
     assert "epochs" in capsys.readouterr().err
     assert main(["train-mae", "--input", str(train), "--output", str(out), "--max-failures", "-1"]) == 2

@@ -8,8 +8,6 @@ from the sources.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from typing import Any
 
@@ -18,6 +16,7 @@ import ray
 from adq_ray import resources, storage
 from adq_ray.config import Config
 from adq_ray.errors import InputError
+from adq_ray.evaluate import resume as checkpoints
 from adq_ray.evaluate.compare import evaluate_arms, write_table
 from adq_ray.evaluate.train import Recipe
 from adq_ray.ingest import Inventory, list_inputs, read_images, walk_input
@@ -135,10 +134,7 @@ def data_keys(config: Config, layout: Layout, names: list[str], test_digest: str
     for name in names:
         if name != "full":
             keys[name] = storage.read_json(storage.join(arm(config, name).output, storage.SUCCESS))["fingerprint"]
-    return {
-        name: hashlib.sha256(json.dumps([key, test_digest, mae]).encode()).hexdigest()[:16]
-        for name, key in keys.items()
-    }
+    return {name: checkpoints.run_digest(key, test_digest, mae) for name, key in keys.items()}
 
 
 def check_equal_budgets(rows: list[dict[str, Any]]) -> None:

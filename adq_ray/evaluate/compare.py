@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -17,14 +15,14 @@ from typing import Any
 import ray.data
 from matplotlib.figure import Figure
 
-from adq_ray import __version__, storage
+from adq_ray import storage
+from adq_ray.evaluate import resume
 from adq_ray.evaluate.train import Recipe, train_and_test
 
 log = logging.getLogger("adq_ray")
 COLUMNS = ("arm", "n_train", "sample_ratio", "storage_ratio", "final_acc", "best_acc", "best_epoch", "epochs", "wall_s")
 TABLE_CSV = "evaluation.csv"
 TABLE_JSON = "evaluation.json"
-RESULT = "adq-result.json"  # a finished run's result, in its Ray Train run folder (`evaluate_arms` with keys)
 
 
 def evaluate_arms(
@@ -58,10 +56,10 @@ def evaluate_arms(
     rows = []
     for arm, train in arms.items():
         name = run_name(arm, keys.get(arm), recipe, num_workers, use_gpu)
-        done = storage.join(storage_path, name, RESULT) if arm in keys and storage_path else None
-        if done and storage.exists(done):
-            result = storage.read_json(done)
-            log.info("adq evaluate: %s (seed %s) finished in an earlier run: %s", arm, recipe.seed, done)
+        keyed = arm in keys and storage_path is not None
+        result = resume.finished(storage_path, name) if keyed else None
+        if result is not None:
+            log.info("adq evaluate: %s (seed %s) finished in an earlier run: %s", arm, recipe.seed, name)
         else:
             result = train_and_test(
                 train,
@@ -75,8 +73,8 @@ def evaluate_arms(
                 checkpoint_every=checkpoint_every,
                 name=name,
             )
-            if done:
-                storage.write_json(done, result)
+            if keyed:
+                resume.save_result(storage_path, name, result)
         row = {"arm": arm, "sample_ratio": None, "storage_ratio": None, **metadata.get(arm, {})}
         row.update({key: result[key] for key in COLUMNS if key in result})
         rows.append({key: row[key] for key in _columns([row])})
@@ -94,8 +92,7 @@ def run_name(arm: str, key: str | None, recipe: Recipe, num_workers: int, use_gp
     arm_part = re.sub(r"[^A-Za-z0-9_.-]+", "-", arm)
     if key is None:
         return f"adq-eval-{arm_part}-{uuid.uuid4().hex[:8]}"
-    values = [key, dataclasses.asdict(recipe), num_workers, use_gpu, __version__]
-    return f"adq-eval-{arm_part}-{hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]}"
+    return f"adq-eval-{arm_part}-{resume.run_digest(key, recipe, num_workers, use_gpu)}"
 
 
 def write_table(rows: list[dict[str, Any]], uri: str) -> list[str]:

@@ -41,9 +41,10 @@ import torch.nn.functional as F
 
 from adq_ray import resources, storage
 from adq_ray.config import Config, ConfigError
-from adq_ray.evaluate import resume
+from adq_ray.evaluate import resume as checkpoints
 from adq_ray.evaluate.loop import all_generator_states, check_resumable
-from adq_ray.ingest import list_inputs, read_images
+from adq_ray.ingest import list_inputs, read_images, walk_input
+from adq_ray.layout import fingerprint
 from adq_ray.models import normalize
 from adq_ray.models.mae import ARCHS, MAE_SIZES, load_mae, masked_psnr, random_keep, reconstruction_loss, warmup_cosine
 from adq_ray.patches.fill import fill_mean, reconstruct
@@ -102,6 +103,7 @@ def train_mae(
     max_failures: int = 2,
     checkpoint_every: int = 5,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Pretrain an MAE on `config.input` at `config.patch_image_size` in `config.patch_size` patches.
 
@@ -112,8 +114,12 @@ def train_mae(
     `max_failures` > 0 the training state is checkpointed every `checkpoint_every` epochs and a failed
     worker group restarts from the latest one (`adq_ray.evaluate.resume`). `on_epoch(record)` runs on
     every worker after each epoch's report (logging, or fault injection in tests).
+
+    With `resume` the run is named after its data, grid, recipe, workers and checkpoint path
+    (`checkpoints.run_digest`): a rerun after a lost driver goes on from the run's latest checkpoint, and
+    one that finished (its checkpoint written) only recomputes the held-out PSNR.
     """
-    resume.check_retries(max_failures, checkpoint_every)
+    checkpoints.check_retries(max_failures, checkpoint_every)
     if not ray.is_initialized():
         resources.init_ray()
     workers = resources.train_workers(config)
@@ -121,7 +127,9 @@ def train_mae(
     cpus_per_worker = workers["cpus_per_worker"] if cpus_per_worker is None else cpus_per_worker
     checkpoint = checkpoint or storage.join(config.output, "mae", "checkpoint.pth")
     start = time.perf_counter()
-    images = read_images(config.replace(image_size=config.patch_image_size), list_inputs(config))
+    decode = config.replace(image_size=config.patch_image_size)
+    listing = walk_input(config)
+    images = read_images(decode, list_inputs(config, listing))
     images = images.filter(expr="status == 'ok'").select_columns(["sample_id", "image"]).materialize()
     every = recipe.holdout_every
     train = images.filter(lambda row: row["sample_id"] % every != 0)
@@ -129,30 +137,36 @@ def train_mae(
     if not held:
         raise ValueError(f"no held-out image: {config.input} has no sample id divisible by holdout_every={every}")
     runs = storage.join(config.output, "mae", "runs")
-    trainer = ray.train.torch.TorchTrainer(
-        _train_loop,
-        train_loop_config={
-            "recipe": recipe,
-            "img_size": config.patch_image_size,
-            "patch_size": config.patch_size,
-            "checkpoint": checkpoint,
-            "threads": max(1, int(cpus_per_worker)),
-            "max_failures": max_failures,
-            "checkpoint_every": checkpoint_every,
-            "on_epoch": on_epoch,
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
-        ),
-        run_config=resume.run_config(
-            f"adq-mae-{uuid.uuid4().hex[:12]}",
-            runs if storage.is_remote(runs) else storage.resolve(runs)[1],
-            max_failures,
-            checkpoint_every,
-        ),
-        datasets={"train": train},
-    )
-    history: list[dict[str, float]] = trainer.fit().return_value
+    runs = runs if storage.is_remote(runs) else storage.resolve(runs)[1]  # Ray Train: absolute path or URL
+    name = f"adq-mae-{uuid.uuid4().hex[:12]}"
+    if resume:  # conservative: the embed fingerprint also covers the backbone (a new one retrains the MAE)
+        data = fingerprint(decode, "embed", listing.digest)
+        name = f"adq-mae-{checkpoints.run_digest(data, config.patch_size, recipe, num_workers, use_gpu, checkpoint)}"
+    history: list[dict[str, float]] | None = checkpoints.finished(runs, name) if resume else None
+    if history is not None and storage.exists(checkpoint):
+        log.info("adq train-mae: the run %s finished earlier; its checkpoint is %s", name, checkpoint)
+    else:
+        trainer = ray.train.torch.TorchTrainer(
+            _train_loop,
+            train_loop_config={
+                "recipe": recipe,
+                "img_size": config.patch_image_size,
+                "patch_size": config.patch_size,
+                "checkpoint": checkpoint,
+                "threads": max(1, int(cpus_per_worker)),
+                "max_failures": max_failures,
+                "checkpoint_every": checkpoint_every,
+                "on_epoch": on_epoch,
+            },
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+            ),
+            run_config=checkpoints.run_config(name, runs, max_failures, checkpoint_every),
+            datasets={"train": train},
+        )
+        history = trainer.fit().return_value
+        if resume:
+            checkpoints.save_result(runs, name, history)
     held_images = torch.from_numpy(np.stack([row["image"] for row in held])).permute(0, 3, 1, 2).contiguous()
     model = load_mae(recipe.arch, checkpoint)
     psnr = {
@@ -211,7 +225,7 @@ def _train_loop(config: dict[str, Any]) -> list[dict[str, float]]:
     total, warmup = recipe.epochs * steps_per_epoch, recipe.warmup_epochs * steps_per_epoch
     grid = {"img_size": config["img_size"], "patch_size": config["patch_size"]}
     history: list[dict[str, Any]] = []
-    saved = resume.latest_state(device)  # after a restart: go on from the latest checkpoint
+    saved = checkpoints.latest_state(device)  # after a restart: go on from the latest checkpoint
     if saved is not None:
         check_resumable(saved, {**dataclasses.asdict(recipe), **grid}, world)
         net.load_state_dict(saved["model"])
@@ -238,7 +252,7 @@ def _train_loop(config: dict[str, Any]) -> list[dict[str, float]]:
         }
         history.append(record)
         state = None
-        if resume.due(epoch + 1, recipe.epochs, config["checkpoint_every"], config["max_failures"]):
+        if checkpoints.due(epoch + 1, recipe.epochs, config["checkpoint_every"], config["max_failures"]):
             state = {  # saved before the next step: no copy needed
                 "recipe": {**dataclasses.asdict(recipe), **grid},
                 "model": net.state_dict(),
@@ -246,7 +260,7 @@ def _train_loop(config: dict[str, Any]) -> list[dict[str, float]]:
                 "generators": all_generator_states(generator),
                 "history": history,
             }
-        resume.report(record, state)
+        checkpoints.report(record, state)
         if config["on_epoch"] is not None:
             config["on_epoch"](record)
     if rank == 0:

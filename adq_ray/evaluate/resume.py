@@ -12,6 +12,9 @@ run gets a fresh name and starts from scratch.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,9 +22,11 @@ from typing import Any
 import ray.train
 import torch
 
+from adq_ray import __version__, storage
 from adq_ray.config import ConfigError
 
 STATE_FILE = "state.pt"
+RESULT = "adq-result.json"  # a finished resumable run's result, in its Ray Train run folder
 
 
 def check_retries(max_failures: int, checkpoint_every: int) -> None:
@@ -68,3 +73,24 @@ def latest_state(device: torch.device) -> dict[str, Any] | None:
         return None
     with checkpoint.as_directory() as folder:
         return torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
+
+
+def run_digest(*values: Any) -> str:
+    """16 hex digits naming a resumable run: sha256 of `values` (dataclasses as dicts) and the adq-ray version.
+
+    Equal only for the same data, recipe and workers, so a rerun finds its own run folder and never
+    resumes another run's state; an upgrade of adq-ray starts afresh.
+    """
+    plain = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in values]  # type: ignore[arg-type]
+    return hashlib.sha256(json.dumps([*plain, __version__], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def finished(storage_path: str, name: str) -> Any | None:
+    """The result `save_result` kept for the run `name` under `storage_path`, or None if it has not finished."""
+    uri = storage.join(storage_path, name, RESULT)
+    return storage.read_json(uri) if storage.exists(uri) else None
+
+
+def save_result(storage_path: str, name: str, result: Any) -> None:
+    """Keep a finished run's (JSON) result in its run folder, for `finished`."""
+    storage.write_json(storage.join(storage_path, name, RESULT), result)

@@ -109,12 +109,12 @@ def evaluate(
     test_ds = decoded(test_config, list_inputs(test_config, test_listing))
     keys = data_keys(config, layout, list(arms), test_listing.digest, mae) if resume else None
     recipe = recipe.replace(num_classes=len(inventory.classes))
-    runs = storage.join(config.output, "train")  # Ray Train wants an absolute local path or a URL
+    runs = checkpoints.runs_folder(storage.join(config.output, "train"))
     rows = []
     for seed in range(seeds):
         rows += evaluate_arms(
             arms, test_ds, recipe.replace(seed=seed), metadata={k: {**v, "seed": seed} for k, v in meta.items()},
-            num_workers=max(1, workers), storage_path=runs if storage.is_remote(runs) else storage.resolve(runs)[1],
+            num_workers=max(1, workers), storage_path=runs,
             max_failures=max_failures, checkpoint_every=checkpoint_every, keys=keys, **resources.train_workers(config),
         )  # fmt: skip
     check_equal_budgets(rows)

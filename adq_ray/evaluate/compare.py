@@ -56,7 +56,7 @@ def evaluate_arms(
     rows = []
     for arm, train in arms.items():
         name = run_name(arm, keys.get(arm), recipe, num_workers, use_gpu)
-        keyed = arm in keys and storage_path is not None
+        keyed = arm in keys  # then storage_path is set (checked above)
         result = resume.finished(storage_path, name) if keyed else None
         if result is not None:
             log.info("adq evaluate: %s (seed %s) finished in an earlier run: %s", arm, recipe.seed, name)

@@ -136,8 +136,7 @@ def train_mae(
     held = images.filter(lambda row: row["sample_id"] % every == 0).take_all()
     if not held:
         raise ValueError(f"no held-out image: {config.input} has no sample id divisible by holdout_every={every}")
-    runs = storage.join(config.output, "mae", "runs")
-    runs = runs if storage.is_remote(runs) else storage.resolve(runs)[1]  # Ray Train: absolute path or URL
+    runs = checkpoints.runs_folder(storage.join(config.output, "mae", "runs"))
     name = f"adq-mae-{uuid.uuid4().hex[:12]}"
     if resume:  # conservative: the embed fingerprint also covers the backbone (a new one retrains the MAE)
         data = fingerprint(decode, "embed", listing.digest)

@@ -6,7 +6,7 @@ worker. With `max_failures` > 0, Ray Train restarts the worker group after a fai
 killed, a node lost, an error) and the loops go on from the latest checkpoint; with 0 no checkpoint is
 written. A run started again under the same name and storage_path (after its driver was lost) goes on
 from its latest checkpoint too: Ray Train V2 restores the run's checkpoint record from its folder.
-`adq evaluate --resume` names its runs so (`compare.run_name`); otherwise, and in `adq train-mae`, every
+`adq evaluate --resume` and `adq train-mae --resume` name their runs so (`run_digest`); without it every
 run gets a fresh name and starts from scratch.
 """
 
@@ -38,6 +38,11 @@ def check_retries(max_failures: int, checkpoint_every: int) -> None:
     ]
     if failed:
         raise ConfigError("; ".join(failed))
+
+
+def runs_folder(uri: str) -> str:
+    """Where Ray Train keeps runs under `uri`: an s3:// URL as it is, a local folder as an absolute path."""
+    return uri if storage.is_remote(uri) else storage.resolve(uri)[1]
 
 
 def run_config(name: str, storage_path: str | None, max_failures: int, checkpoint_every: int) -> ray.train.RunConfig:

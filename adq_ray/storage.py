@@ -248,6 +248,15 @@ def exists(uri: str) -> bool:
     return retry(fs.get_file_info, path, what=f"look up {uri}").type != pafs.FileType.NotFound
 
 
+def stamp(uri: str) -> dict[str, Any] | None:
+    """{"size", "mtime"} of the file at `uri` (None if there is none): tells a rewritten file from the one seen before."""
+    fs, path = resolve(uri)
+    info = retry(fs.get_file_info, path, what=f"look up {uri}")
+    if info.type != pafs.FileType.File:
+        return None
+    return {"size": info.size, "mtime": info.mtime.isoformat() if info.mtime else None}
+
+
 def read_bytes(uri: str) -> bytes:
     return retry(read_all, *resolve(uri), what=f"read {uri}")
 

@@ -128,6 +128,11 @@ def test_train_mae_command_line(ray_session, tmp_path, capsys):
     assert main([*argv, "--train-mask-ratio", "0.5"]) == 0
     capsys.readouterr()
     assert len(list((out / "mae" / "runs").iterdir())) == 2 and checkpoint.stat().st_mtime_ns != written
+    # That run rewrote the checkpoint: the first run's record no longer vouches for the file, so it trains again.
+    overwritten = checkpoint.stat().st_mtime_ns
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["history"][0]["epoch"] == 1
+    assert checkpoint.stat().st_mtime_ns != overwritten and len(list((out / "mae" / "runs").iterdir())) == 2
     assert main(["train-mae", "--input", str(train), "--output", str(out), "--epochs", "0"]) == 2
     assert "epochs" in capsys.readouterr().err
     assert main(["train-mae", "--input", str(train), "--output", str(out), "--max-failures", "-1"]) == 2

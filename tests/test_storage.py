@@ -38,6 +38,12 @@ def test_commit_publishes_all_or_nothing(tmp_path, remote, request):
     storage.commit(staging, uri)
     assert not storage.exists(storage.join(uri, "part-0.bin"))
     assert storage.read_bytes(storage.join(uri, "only.bin")) == b"z"
+    # A stamp tells a rewritten file from the one seen before; no file (or a folder) has none.
+    seen = storage.stamp(storage.join(uri, "only.bin"))
+    assert seen is not None and seen["size"] == 1 and seen == storage.stamp(storage.join(uri, "only.bin"))
+    storage.write_bytes(storage.join(uri, "only.bin"), b"zz")
+    assert storage.stamp(storage.join(uri, "only.bin")) not in (seen, None)
+    assert storage.stamp(storage.join(uri, "absent.bin")) is None and storage.stamp(storage.join(uri, "sub")) is None
 
 
 def test_remove_file_and_dir(tmp_path):

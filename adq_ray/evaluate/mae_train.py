@@ -117,7 +117,8 @@ def train_mae(
 
     With `resume` the run is named after its data, grid, recipe, workers and checkpoint path
     (`checkpoints.run_digest`): a rerun after a lost driver goes on from the run's latest checkpoint, and
-    one that finished (its checkpoint written) only recomputes the held-out PSNR.
+    one that finished only recomputes the held-out PSNR, unless its checkpoint file has been removed or
+    rewritten since (size and modification time differ from those it recorded): then it trains again.
     """
     checkpoints.check_retries(max_failures, checkpoint_every)
     if not ray.is_initialized():
@@ -141,10 +142,14 @@ def train_mae(
     if resume:  # conservative: the embed fingerprint also covers the backbone (a new one retrains the MAE)
         data = fingerprint(decode, "embed", listing.digest)
         name = f"adq-mae-{checkpoints.run_digest(data, config.patch_size, recipe, num_workers, use_gpu, checkpoint)}"
-    history: list[dict[str, float]] | None = checkpoints.finished(runs, name) if resume else None
-    if history is not None and storage.exists(checkpoint):
+    done = checkpoints.finished(runs, name) if resume else None
+    history: list[dict[str, float]] | None = None
+    if done is not None and done["checkpoint"] == storage.stamp(checkpoint):
+        history = done["history"]
         log.info("adq train-mae: the run %s finished earlier; its checkpoint is %s", name, checkpoint)
     else:
+        if done is not None:  # the file was removed or rewritten (by another run) since: train it again
+            log.warning("adq train-mae: %s is not the checkpoint run %s wrote; training again", checkpoint, name)
         trainer = ray.train.torch.TorchTrainer(
             _train_loop,
             train_loop_config={
@@ -164,8 +169,8 @@ def train_mae(
             datasets={"train": train},
         )
         history = trainer.fit().return_value
-        if resume:
-            checkpoints.save_result(runs, name, history)
+        if resume:  # the checkpoint's stamp: a later rerun trusts the file only if nothing rewrote it
+            checkpoints.save_result(runs, name, {"history": history, "checkpoint": storage.stamp(checkpoint)})
     held_images = torch.from_numpy(np.stack([row["image"] for row in held])).permute(0, 3, 1, 2).contiguous()
     model = load_mae(recipe.arch, checkpoint)
     psnr = {

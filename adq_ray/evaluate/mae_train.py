@@ -150,22 +150,22 @@ def train_mae(
     else:
         if done is not None:  # the file was removed or rewritten (by another run) since: train it again
             log.warning("adq train-mae: %s is not the checkpoint run %s wrote; training again", checkpoint, name)
-        trainer = ray.train.torch.TorchTrainer(
+        trainer = checkpoints.trainer(
             _train_loop,
-            train_loop_config={
+            {
                 "recipe": recipe,
                 "img_size": config.patch_image_size,
                 "patch_size": config.patch_size,
                 "checkpoint": checkpoint,
-                "threads": max(1, int(cpus_per_worker)),
-                "max_failures": max_failures,
-                "checkpoint_every": checkpoint_every,
-                "on_epoch": on_epoch,
             },
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
-            ),
-            run_config=checkpoints.run_config(name, runs, max_failures, checkpoint_every),
+            name=name,
+            storage_path=runs,
+            num_workers=num_workers,
+            use_gpu=use_gpu,
+            cpus_per_worker=cpus_per_worker,
+            max_failures=max_failures,
+            checkpoint_every=checkpoint_every,
+            on_epoch=on_epoch,
             datasets={"train": train},
         )
         history = trainer.fit().return_value

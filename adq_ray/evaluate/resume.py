@@ -16,10 +16,12 @@ import dataclasses
 import hashlib
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import ray.train
+import ray.train.torch
 import torch
 
 from adq_ray import __version__, storage
@@ -45,14 +47,46 @@ def runs_folder(uri: str) -> str:
     return uri if storage.is_remote(uri) else storage.resolve(uri)[1]
 
 
-def run_config(name: str, storage_path: str | None, max_failures: int, checkpoint_every: int) -> ray.train.RunConfig:
-    """Ray Train's RunConfig: `max_failures` restarts, only the latest checkpoint kept."""
+def trainer(
+    loop: Callable[[dict[str, Any]], Any],
+    loop_config: dict[str, Any],
+    *,
+    name: str,
+    storage_path: str | None,
+    num_workers: int,
+    use_gpu: bool,
+    cpus_per_worker: float,
+    max_failures: int,
+    checkpoint_every: int,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    **kwargs: Any,
+) -> ray.train.torch.TorchTrainer:
+    """A TorchTrainer of `num_workers` workers whose `loop` checkpoints every `checkpoint_every` epochs.
+
+    `loop` gets `loop_config` plus the retry settings, `on_epoch` and `threads` (the worker's CPUs);
+    Ray Train restarts it `max_failures` times, keeping only the latest checkpoint. `kwargs` (datasets,
+    dataset_config) go to the TorchTrainer.
+    """
     check_retries(max_failures, checkpoint_every)
-    return ray.train.RunConfig(
-        name=name,
-        storage_path=storage_path,
-        failure_config=ray.train.FailureConfig(max_failures=max_failures),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+    return ray.train.torch.TorchTrainer(
+        loop,
+        train_loop_config={
+            **loop_config,
+            "threads": max(1, int(cpus_per_worker)),
+            "max_failures": max_failures,
+            "checkpoint_every": checkpoint_every,
+            "on_epoch": on_epoch,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+        ),
+        **kwargs,
     )
 
 

@@ -60,21 +60,17 @@ def train_and_test(
     resume.check_retries(max_failures, checkpoint_every)
     start = time.perf_counter()
     train, test = (_resized(dataset, recipe.image_size) for dataset in (train, test))
-    trainer = ray.train.torch.TorchTrainer(
+    trainer = resume.trainer(
         _train_loop,
-        train_loop_config={
-            "recipe": recipe,
-            "threads": max(1, int(cpus_per_worker)),
-            "max_failures": max_failures,
-            "checkpoint_every": checkpoint_every,
-            "on_epoch": on_epoch,
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
-        ),
-        run_config=resume.run_config(
-            name or f"adq-eval-{uuid.uuid4().hex[:12]}", storage_path, max_failures, checkpoint_every
-        ),
+        {"recipe": recipe},
+        name=name or f"adq-eval-{uuid.uuid4().hex[:12]}",
+        storage_path=storage_path,
+        num_workers=num_workers,
+        use_gpu=use_gpu,
+        cpus_per_worker=cpus_per_worker,
+        max_failures=max_failures,
+        checkpoint_every=checkpoint_every,
+        on_epoch=on_epoch,
         datasets={"train": train, "test": test},
         # Every worker tests on the whole test set: an equal split would drop rows.
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),

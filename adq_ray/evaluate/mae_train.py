@@ -143,9 +143,8 @@ def train_mae(
         data = fingerprint(decode, "embed", listing.digest)
         name = f"adq-mae-{checkpoints.run_digest(data, config.patch_size, recipe, num_workers, use_gpu, checkpoint)}"
     done = checkpoints.finished(runs, name) if resume else None
-    history: list[dict[str, float]] | None = None
     if done is not None and done["checkpoint"] == storage.stamp(checkpoint):
-        history = done["history"]
+        history: list[dict[str, float]] = done["history"]
         log.info("adq train-mae: the run %s finished earlier; its checkpoint is %s", name, checkpoint)
     else:
         if done is not None:  # the file was removed or rewritten (by another run) since: train it again
